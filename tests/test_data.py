@@ -1,0 +1,152 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from tileserver.degrade import halve
+from training.data import (
+    AUGMENTATIONS, BatchSampler, DataError, SlideSource, TileSource, augment, curriculum_threshold, flatness,
+    patient_id, split_by_patient,
+)
+
+
+def test_flatness_of_hand_made_patches():
+    assert flatness(np.full((16, 16, 3), 128, np.uint8)) == 0.0
+    # vertical stripes 0/255: each row has std 0.5 (in [0,1]), each column std 0 → max = 0.5
+    stripes = np.zeros((16, 16, 3), np.uint8)
+    stripes[:, ::2] = 255
+    assert flatness(stripes) == pytest.approx(0.5)
+    assert flatness(stripes.transpose(1, 0, 2)) == pytest.approx(0.5)
+    # stripes in one channel only: averaged over channels
+    one = np.zeros((16, 16, 3), np.uint8)
+    one[:, ::2, 0] = 255
+    assert flatness(one) == pytest.approx(0.5 / 3)
+
+
+def test_curriculum_schedule_as_in_the_paper():
+    assert [curriculum_threshold(e) for e in (0, 4, 5, 9, 10, 74, 75, 200)] == pytest.approx(
+        [0, 0, 0.01, 0.01, 0.02, 0.14, 0.15, 0.15]
+    )
+
+
+def textured(h: int, w: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+class FlatThenTextured:
+    """A source whose first n samples are flat."""
+
+    name = "test"
+
+    def __init__(self, flat: int):
+        self.flat, self.calls = flat, 0
+
+    def sample(self, rng, crop):
+        self.calls += 1
+        value = np.full((crop, crop, 3), 90, np.uint8) if self.calls <= self.flat else textured(crop, crop, self.calls)
+        return [np.kron(value, np.ones((2**i, 2**i, 1), np.uint8)) for i in range(4)]
+
+
+def test_sampler_rejects_flat_crops_while_the_threshold_asks():
+    src = FlatThenTextured(flat=5)
+    batch = BatchSampler([src], crop=8, batch=2).next(threshold=0.1)
+    assert src.calls == 7
+    assert all(flatness(b) > 0.1 for b in batch[0])
+
+
+def test_sampler_gives_up_after_50_rejections_per_item():
+    src = FlatThenTextured(flat=10_000)
+    batch = BatchSampler([src], crop=8, batch=2).next(threshold=0.1)
+    assert src.calls == 50 * 2 + 2
+    assert batch[0].shape == (2, 8, 8, 3)
+
+
+def test_crops_are_aligned_across_scales():
+    img40 = textured(512, 512)
+    src = TileSource.from_image(img40, "t")
+    rng = np.random.default_rng(3)
+    lr, x10, x20, x40 = src.sample(rng, 16)
+    assert [c.shape[0] for c in (lr, x10, x20, x40)] == [16, 32, 64, 128]
+    # each scale is the halving of the next one up, away from crop borders
+    np.testing.assert_array_equal(halve(x40)[4:-4, 4:-4], x20[4:-4, 4:-4])
+    np.testing.assert_array_equal(halve(x10)[2:-2, 2:-2], lr[2:-2, 2:-2])
+
+
+def test_same_augmentation_at_every_scale():
+    crops = [textured(4 * 2**i, 4 * 2**i, i) for i in range(4)]
+    assert len(AUGMENTATIONS) == 9
+    for k, flip in AUGMENTATIONS:
+        out = augment(crops, k, flip)
+        for c, o in zip(crops, out):
+            ref = np.rot90(c, k)
+            ref = ref[:, ::-1] if flip == "h" else ref[::-1] if flip == "v" else ref
+            np.testing.assert_array_equal(o, ref)
+
+
+def test_small_tiles_are_refused():
+    with pytest.raises(DataError, match="512"):
+        TileSource.from_image(textured(400, 600), "small")
+
+
+def test_split_is_by_patient_never_by_crop():
+    paths = [Path(n) for n in ("TCGA-AA-0001-01Z-00-DX1.tif", "TCGA-AA-0001-01Z-00-DX2.tif", "TCGA-BB-0002-01Z.tif", "other.png")]
+    assert patient_id(paths[0]) == patient_id(paths[1]) == "TCGA-AA-0001"
+    train, val = split_by_patient(paths, val_patients=["tcga-aa-0001"])
+    assert val == paths[:2] and train == paths[2:]
+    train, val = split_by_patient(paths, val_count=1)
+    assert val == [paths[3]]
+    with pytest.raises(DataError, match="not in the data"):
+        split_by_patient(paths, val_patients=["TCGA-ZZ-9999"])
+
+
+def write_pyramid_tiff(path: Path, img: np.ndarray, mpp: float | None) -> None:
+    res = {"resolution": (1e4 / mpp, 1e4 / mpp), "resolutionunit": "CENTIMETER"} if mpp else {}
+    with tifffile.TiffWriter(path) as w:
+        w.write(img, tile=(256, 256), photometric="rgb", compression="zlib", **res)
+        half = img[::2, ::2].copy()
+        res = {"resolution": (1e4 / (2 * mpp), 1e4 / (2 * mpp)), "resolutionunit": "CENTIMETER"} if mpp else {}
+        w.write(half, tile=(256, 256), photometric="rgb", compression="zlib", subfiletype=1, **res)
+
+
+def tissue_like(h: int, w: int) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    img = np.full((h, w, 3), 245, np.uint8)  # glass
+    img[: h // 2 + 100] = rng.integers(0, 60, (h // 2 + 100, w, 3)) + np.array([150, 60, 140])  # pink/purple tissue
+    return img.astype(np.uint8)
+
+
+def test_slide_source_samples_tissue_at_40x(tmp_path):
+    path = tmp_path / "slide.tif"
+    write_pyramid_tiff(path, tissue_like(1024, 1024), mpp=0.25)
+    src = SlideSource(path)
+    assert src.level == 0
+    crops = src.sample(np.random.default_rng(0), 16)
+    assert [c.shape[:2] for c in crops] == [(16, 16), (32, 32), (64, 64), (128, 128)]
+    assert crops[3].mean() < 235  # from the tissue half, not glass
+
+
+def test_slide_source_picks_the_40x_level(tmp_path):
+    path = tmp_path / "slide80.tif"
+    write_pyramid_tiff(path, tissue_like(2048, 2048), mpp=0.125)
+    assert SlideSource(path).level == 1
+
+
+def test_slide_without_mpp_is_refused(tmp_path):
+    path = tmp_path / "nompp.tif"
+    write_pyramid_tiff(path, tissue_like(1024, 1024), mpp=None)
+    with pytest.raises(DataError, match="no microns per pixel"):
+        SlideSource(path)
+
+
+def test_slide_without_a_40x_level_is_refused(tmp_path):
+    path = tmp_path / "x20.tif"
+    write_pyramid_tiff(path, tissue_like(1024, 1024), mpp=0.5)
+    with pytest.raises(DataError, match="no level near 0.25"):
+        SlideSource(path)
+
+
+def test_real_tcga_slide_without_mpp_is_refused(wsi_dir):
+    with pytest.raises(DataError, match="no microns per pixel"):
+        SlideSource(wsi_dir / "tcga-cr-7395-01a-01-ts1.svs")

@@ -1,0 +1,112 @@
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from training import checkpoint
+from training.config import ConfigError, load, to_dict
+from training.losses import GeneratorLoss, LossWeights, fft_loss, ssim_loss
+from training.model import MultiScaleGenerator
+from training.train import learning_rate, main, to_tensors, train
+
+SMOKE = "training/configs/smoke.yaml"
+
+
+def test_overrides_and_unknown_keys():
+    cfg = load(SMOKE, ["data.batch=3", "model.features=12", "optim.betas=[0.8, 0.9]", "run.max_minutes=1.5"])
+    assert (cfg.data.batch, cfg.model.features, cfg.optim.betas, cfg.run.max_minutes) == (3, 12, (0.8, 0.9), 1.5)
+    assert to_dict(cfg)["optim"]["betas"] == [0.8, 0.9]
+    with pytest.raises(ConfigError, match="unknown setting"):
+        load(SMOKE, ["data.bacth=3"])
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        load(SMOKE, ["data.batch"])
+
+
+def test_step_decay_with_floor():
+    cfg = load(SMOKE, ["optim.lr=1e-3", "optim.decay_every_epochs=2", "run.steps_per_epoch=10", "optim.min_lr=2e-4"])
+    assert [learning_rate(cfg, s) for s in (0, 19, 20, 40, 60, 1000)] == pytest.approx([1e-3, 1e-3, 5e-4, 2.5e-4, 2e-4, 2e-4])
+
+
+def fixed_batch(seed=0, n=2, crop=16):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (n, crop * 2**i, crop * 2**i, 3), dtype=np.uint8) for i in range(4)]
+
+
+@pytest.mark.parametrize("extra", [{}, {"ssim": 0.05, "fft": 0.05}])
+def test_one_optimisation_step_lowers_the_loss(extra):
+    torch.manual_seed(0)
+    cfg = load(SMOKE)
+    model = MultiScaleGenerator(cfg.model)
+    loss_fn = GeneratorLoss(LossWeights(l1=0.06, **extra))
+    lr5, *targets = to_tensors(fixed_batch(), torch.device("cpu"))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    before, parts = loss_fn(model(lr5), targets)
+    assert set(parts) == {"l1", *extra}
+    opt.zero_grad()
+    before.backward()
+    opt.step()
+    after, _ = loss_fn(model(lr5), targets)
+    assert after.item() < before.item()
+
+
+def test_ssim_and_fft_losses_vanish_on_identical_images():
+    x = torch.rand(1, 3, 32, 32)
+    assert ssim_loss(x, x).item() == pytest.approx(0, abs=1e-5)
+    assert fft_loss(x, x).item() == 0
+    assert fft_loss(x, x.flip(-1)).item() > 0
+
+
+def synthetic_tiles(folder: Path, n: int = 3) -> Path:
+    """512-px 40X stand-ins (blurred noise), two 'patients' per image name pattern."""
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        small = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+        Image.fromarray(small).resize((512, 512), Image.Resampling.BICUBIC).save(folder / f"TCGA-AA-000{i}-01Z.png")
+    return folder
+
+
+def test_checkpoint_round_trip_and_resume_at_the_same_step(tmp_path):
+    data = synthetic_tiles(tmp_path / "tiles")
+    cfg = load(SMOKE, ["data.val_count=1", "run.epochs=2", "run.steps_per_epoch=3", "data.val_crop=null"])
+    straight = tmp_path / "straight"
+    train(cfg, data, straight, progress=False)
+    half = load(SMOKE, ["data.val_count=1", "run.epochs=1", "run.steps_per_epoch=3", "data.val_crop=null"])
+    resumed = tmp_path / "resumed"
+    train(half, data, resumed, progress=False)
+    assert checkpoint.load(resumed / "last.pt")["step"] == 3
+    train(cfg, data, resumed, resume=resumed / "last.pt", progress=False)
+
+    a, b = checkpoint.load(straight / "last.pt"), checkpoint.load(resumed / "last.pt")
+    assert a["step"] == b["step"] == 6
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=1e-4, atol=1e-6)
+    model, meta = checkpoint.load_generator(straight / "best.pt")
+    assert meta["name"] == "smoke" and meta["val_images"] == ["TCGA-AA-0002-01Z.png"]
+    assert "optimizer" not in meta and model.args == cfg.model
+    released = tmp_path / "release.pt"
+    checkpoint.strip_for_release(straight / "last.pt", released)
+    assert "optimizer" not in checkpoint.load(released)
+    assert released.stat().st_size < (straight / "last.pt").stat().st_size
+
+
+def test_smoke_training_on_real_tiles_leaves_checkpoint_log_and_curves(monuseg, tmp_path):
+    out = tmp_path / "smoke"
+    assert main(["--config", SMOKE, "--data", str(monuseg), "--out", str(out)]) == 0
+    for name in ("best.pt", "last.pt", "log.csv", "curves.png", "config.yaml", "command.txt"):
+        assert (out / name).stat().st_size > 0, name
+    with open(out / "log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [10, 20]
+    assert all(float(r["val_psnr_y_40X"]) > 15 for r in rows)
+    with Image.open(out / "curves.png") as png:
+        assert png.size[0] > 500
+
+
+def test_cli_errors_exit_2(tmp_path, capsys):
+    assert main(["--config", SMOKE, "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    assert "error:" in capsys.readouterr().err
+    assert main(["--config", SMOKE, "--set", "model.activation=gelu", "--data", ".", "--out", str(tmp_path / "o")]) == 2

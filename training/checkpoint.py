@@ -1,0 +1,63 @@
+"""Self-describing checkpoints: model arguments + config + weights (+ optimiser state).
+
+A checkpoint alone rebuilds its network, so export and evaluation need no
+config file. Written atomically (temp file + rename).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from training.model import GeneratorArgs, MultiScaleGenerator
+
+FORMAT = "msr-checkpoint/1"
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "tileserver" / "models" / "msr-lite" / "checkpoint.pt"
+
+
+def save(path: Path, model: MultiScaleGenerator, **fields: Any) -> None:
+    """Write {format, model_args, model, **fields} atomically."""
+    state = {"format": FORMAT, "model_args": dataclasses.asdict(model.args), "model": model.state_dict(), **fields}
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load(path: Path) -> dict[str, Any]:
+    state = torch.load(Path(path), map_location="cpu", weights_only=False)
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError(f"{path} is not an MSR checkpoint ({FORMAT})")
+    return state
+
+
+def load_generator(path: Path) -> tuple[MultiScaleGenerator, dict[str, Any]]:
+    """The network in eval mode and the checkpoint's metadata (everything but tensors)."""
+    state = load(path)
+    model = MultiScaleGenerator(GeneratorArgs(**state["model_args"]))
+    model.load_state_dict(state["model"])
+    model.eval()
+    return model, metadata(state)
+
+
+def metadata(state: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in state.items() if k not in ("model", "optimizer", "discriminator", "d_optimizer", "rng")}
+
+
+def read_metadata(path: Path) -> dict[str, Any]:
+    return metadata(load(path))
+
+
+def strip_for_release(src: Path, dst: Path) -> None:
+    """Keep weights and description, drop optimiser and RNG state (for shipping)."""
+    state = load(src)
+    for key in ("optimizer", "discriminator", "d_optimizer", "rng"):
+        state.pop(key, None)
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, dst)

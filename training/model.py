@@ -1,0 +1,292 @@
+"""The multi-scale super-resolution network of the seed paper (Sun et al., 2021).
+
+Three chained ×2 stages (SRBs) turn a 5X RGB image into 10X, 20X and 40X.
+Each stage is a plain RGB→RGB×2 module so that export can write one ONNX graph
+per stage and the server can run them one after another on cached blocks.
+
+``GeneratorArgs`` is the whole description of a network: it is stored in every
+checkpoint so that export and evaluation rebuild the model from the file alone.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneratorArgs:
+    """Hyper-parameters of one generator (the same for its three stages).
+
+    Defaults are the paper's (authors' code): F=G=64, T=10 RRDBs of D=3 RDBs of
+    C=4 dense layers, ReLU, residual scaling 0.2, uniform ±0.05 init.
+    ``bicubic_skip`` is our addition (off in the paper): each stage adds a
+    fixed bicubic ×2 upsampling of its input to its output, so the network only
+    learns the residual and starts from the bicubic baseline.
+    """
+
+    features: int = 64
+    growth: int = 64
+    blocks: int = 10
+    rdbs_per_block: int = 3
+    dense_layers: int = 4
+    activation: str = "relu"
+    beta: float = 0.2
+    init: str = "uniform"  # "uniform" (paper: ±0.05) or "kaiming" (PyTorch default)
+    bicubic_skip: bool = False
+    stages: int = 3
+
+    def __post_init__(self) -> None:
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, not {self.activation!r}")
+        if self.init not in ("uniform", "kaiming"):
+            raise ValueError(f"init must be 'uniform' or 'kaiming', not {self.init!r}")
+        for name in ("features", "growth", "blocks", "rdbs_per_block", "dense_layers", "stages"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+
+
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": lambda: nn.ReLU(inplace=True),
+    "leakyrelu": lambda: nn.LeakyReLU(0.2, inplace=True),
+}
+
+
+def conv3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 3, stride=stride, padding=1)
+
+
+class ResidualDenseBlock(nn.Module):
+    """C densely connected conv+activation layers, then a 3×3 fusion back to F channels."""
+
+    def __init__(self, a: GeneratorArgs):
+        super().__init__()
+        self.layers = nn.ModuleList(
+            nn.Sequential(conv3(a.features + i * a.growth, a.growth), ACTIVATIONS[a.activation]())
+            for i in range(a.dense_layers)
+        )
+        self.fusion = conv3(a.features + a.dense_layers * a.growth, a.features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = torch.cat([x, layer(x)], dim=1)
+        return self.fusion(x)
+
+
+class RRDB(nn.Module):
+    """Residual-in-residual dense block: x ← x + β·RDB(x) D times, then in + β·x."""
+
+    def __init__(self, a: GeneratorArgs):
+        super().__init__()
+        self.rdbs = nn.ModuleList(ResidualDenseBlock(a) for _ in range(a.rdbs_per_block))
+        self.beta = a.beta
+
+    def forward(self, inp: torch.Tensor) -> torch.Tensor:
+        x = inp
+        for rdb in self.rdbs:
+            x = x + self.beta * rdb(x)
+        return inp + self.beta * x
+
+
+def cubic_weight(d: float, a: float = -0.5) -> float:
+    """Keys' cubic convolution kernel (a=-0.5 is PIL's bicubic)."""
+    d = abs(d)
+    if d <= 1:
+        return (a + 2) * d**3 - (a + 3) * d**2 + 1
+    if d < 2:
+        return a * d**3 - 5 * a * d**2 + 8 * a * d - 4 * a
+    return 0.0
+
+
+class BicubicUp2(nn.Module):
+    """Fixed bicubic ×2 upsampling (half-pixel centres, edge replication) as conv + pixel shuffle.
+
+    Written as a 5×5 convolution to 12 phase channels so it exports to ONNX as
+    ordinary Conv/DepthToSpace nodes and needs no Resize operator.
+    """
+
+    def __init__(self, channels: int = 3):
+        super().__init__()
+        taps = torch.zeros(2, 5)  # phase (even, odd) × offsets -2..2
+        for phase, centre in ((0, -0.25), (1, 0.25)):
+            for k, off in enumerate(range(-2, 3)):
+                taps[phase, k] = cubic_weight(off - centre)
+            taps[phase] /= taps[phase].sum()
+        weight = torch.zeros(channels * 4, channels, 5, 5)
+        for c in range(channels):
+            for dy in range(2):
+                for dx in range(2):
+                    weight[c * 4 + dy * 2 + dx, c] = torch.outer(taps[dy], taps[dx])
+        self.register_buffer("weight", weight, persistent=False)
+        self.shuffle = nn.PixelShuffle(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.pad(x, (2, 2, 2, 2), mode="replicate")
+        return self.shuffle(F.conv2d(x, self.weight))
+
+
+class SRStage(nn.Module):
+    """One ×2 super-resolution block (SRB): RGB (N,3,H,W) → RGB (N,3,2H,2W)."""
+
+    def __init__(self, a: GeneratorArgs):
+        super().__init__()
+        self.head = conv3(3, a.features)
+        self.body = nn.Sequential(*(RRDB(a) for _ in range(a.blocks)))
+        self.body_tail = conv3(a.features, a.features)
+        self.upsample = nn.Sequential(conv3(a.features, 3 * 4), nn.PixelShuffle(2))
+        self.tail = conv3(3, 3)
+        self.skip = BicubicUp2() if a.bicubic_skip else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f0 = self.head(x)
+        y = self.tail(self.upsample(self.body_tail(self.body(f0)) + f0))
+        return y if self.skip is None else y + self.skip(x)
+
+
+class MultiScaleGenerator(nn.Module):
+    """Chained stages: forward(5X) returns [10X, 20X, 40X] (unclipped, as in training)."""
+
+    def __init__(self, args: GeneratorArgs | None = None):
+        super().__init__()
+        self.args = args or GeneratorArgs()
+        self.stages = nn.ModuleList(SRStage(self.args) for _ in range(self.args.stages))
+        initialise(self, self.args)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        outs = []
+        for stage in self.stages:
+            x = stage(x)
+            outs.append(x)
+        return outs
+
+
+def initialise(model: MultiScaleGenerator, a: GeneratorArgs) -> None:
+    """Paper init (uniform ±0.05, zero bias) or PyTorch's default; with the bicubic
+    skip the last conv of each stage starts near zero so training starts at bicubic."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d) and a.init == "uniform":
+            nn.init.uniform_(m.weight, -0.05, 0.05)
+            nn.init.zeros_(m.bias)
+    if a.bicubic_skip:
+        for stage in model.stages:
+            with torch.no_grad():
+                stage.tail.weight.mul_(0.01)
+                stage.tail.bias.zero_()
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def chain_gflop(args: GeneratorArgs, tile: int = 256, halo: int = 16) -> float:
+    """GFLOP (2 × multiply-adds of all convolutions) to make one ``tile``² 40X tile
+    through the whole chain, each stage reading its input with ``halo`` px of context."""
+    stage = SRStage(args).to("meta")
+    macs = 0
+
+    def hook(module: nn.Module, _inp, out: torch.Tensor) -> None:
+        nonlocal macs
+        if isinstance(module, nn.Conv2d):
+            k = module.kernel_size[0] * module.kernel_size[1]
+            macs += out.shape[-2] * out.shape[-1] * module.out_channels * module.in_channels * k // module.groups
+
+    handles = [m.register_forward_hook(hook) for m in stage.modules() if isinstance(m, nn.Conv2d)]
+    side = tile
+    for _ in range(args.stages):
+        side //= 2
+        stage(torch.empty(1, 3, side + 2 * halo, side + 2 * halo, device="meta"))
+    for h in handles:
+        h.remove()
+    skip_macs = 0
+    if args.bicubic_skip:  # the fixed conv is not an nn.Conv2d: add it by hand
+        side = tile
+        for _ in range(args.stages):
+            side //= 2
+            skip_macs += (side + 2 * halo) ** 2 * 12 * 3 * 25
+    return 2 * (macs + skip_macs) / 1e9
+
+
+class PatchDiscriminator(nn.Module):
+    """The authors' "srgan-large" discriminator: a per-pixel two-layer head over a
+    strided conv trunk, giving a logit map at 1/4 of the input resolution."""
+
+    def __init__(self, in_channels: int = 3):
+        super().__init__()
+        layers: list[nn.Module] = [conv3(in_channels, 64), nn.LeakyReLU(0.2, inplace=True)]
+        cin = 64
+        for cout, stride in zip((64, 128, 128, 256, 256, 512, 512), (2, 1, 2, 1, 1, 1, 1)):
+            # Keras BatchNormalization(momentum=0.8) == PyTorch momentum 0.2
+            layers += [conv3(cin, cout, stride), nn.LeakyReLU(0.2, inplace=True), nn.BatchNorm2d(cout, momentum=0.2)]
+            cin = cout
+        layers += [nn.Conv2d(cin, 1024, 1), nn.LeakyReLU(0.2, inplace=True), nn.Conv2d(1024, 1, 1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (apply a sigmoid for probabilities; losses use BCE-with-logits)."""
+        return self.net(x)
+
+
+VGG19_FILE = "vgg19-dcbb9e9d.pth"
+# torchvision vgg19().features indices: convs at 0,2 | 5,7 | 10,12,14; relu2_2 = [:9], relu3_3 = [:16]
+_VGG_LAYOUT = [(3, 64), (64, 64), "M", (64, 128), (128, 128), "M", (128, 256), (256, 256), (256, 256)]
+
+
+class VGGWeightsMissing(RuntimeError):
+    pass
+
+
+def default_vgg_path() -> Path:
+    torch_home = os.environ.get("TORCH_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "torch"
+    )
+    return Path(torch_home) / "hub" / "checkpoints" / VGG19_FILE
+
+
+class VGGFeatures(nn.Module):
+    """VGG19 up to relu3_3, returning (relu2_2, relu3_3), with ImageNet weights.
+
+    Weights come from ``weights_path`` or torchvision's cache; without them this
+    raises ``VGGWeightsMissing`` — random weights only with ``random_weights_for_tests``.
+    """
+
+    def __init__(self, weights_path: str | os.PathLike | None = None, *, random_weights_for_tests: bool = False):
+        super().__init__()
+        layers: list[nn.Module] = []
+        for item in _VGG_LAYOUT:
+            if item == "M":
+                layers.append(nn.MaxPool2d(2, 2))
+            else:
+                layers += [nn.Conv2d(item[0], item[1], 3, padding=1), nn.ReLU(inplace=False)]
+        self.features = nn.Sequential(*layers)  # indices match torchvision's vgg19().features[:16]
+        if not random_weights_for_tests:
+            path = Path(weights_path) if weights_path else default_vgg_path()
+            if not path.is_file():
+                raise VGGWeightsMissing(
+                    f"VGG19 ImageNet weights not found at {path}. The perceptual loss needs them: "
+                    f"copy torchvision's {VGG19_FILE} there or pass --vgg-weights PATH "
+                    "(they cannot be downloaded on this machine), or turn the perceptual loss off."
+                )
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            wanted = {k: v for k, v in state.items() if k.startswith("features.") and int(k.split(".")[1]) < 16}
+            self.load_state_dict(wanted, strict=True)
+        for p in self.parameters():
+            p.requires_grad_(False)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        relu2_2 = self.features[:9](x)
+        return relu2_2, self.features[9:](relu2_2)
+
+
+def describe(args: GeneratorArgs, tile: int = 256, halo: int = 16) -> str:
+    stage_params = count_parameters(SRStage(args))
+    return (
+        f"{stage_params / 1e6:.3f} M parameters per stage, {args.stages * stage_params / 1e6:.3f} M total; "
+        f"{chain_gflop(args, tile, halo):.1f} GFLOP per {tile}x{tile} 40X tile with {halo} px halo per stage"
+    )
+
