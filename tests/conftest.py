@@ -23,3 +23,104 @@ def wsi_dir() -> Path:
     if not WSI.is_dir():
         pytest.skip(f"real slides not found at {WSI} (../shared/data is absent on this machine)")
     return WSI
+
+
+# -- serving: a tiny model bundle built here (no shipped weights), a real tissue
+# image, and a slide folder with a 5X tiled TIFF, a 20X slide and a plain PNG --
+import sys  # noqa: E402
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+sys.path.insert(0, str(REPO))  # export_onnx.py lives at the repo root
+SHARED_TILE = MONUSEG / "TCGA-38-6178-01Z-00-DX1.tif"
+
+
+def real_he_40x() -> tuple[np.ndarray, str]:
+    """A real 40X tissue image: the MoNuSeg H&E tile from ../shared/data when present,
+    else scikit-image's real IHC sample (a registry package, so it runs anywhere)."""
+    if SHARED_TILE.is_file():
+        with Image.open(SHARED_TILE) as im:
+            return np.asarray(im.convert("RGB")), SHARED_TILE.name
+    import skimage
+
+    p = Path(skimage.__file__).parent / "data" / "ihc.png"
+    with Image.open(p) as im:
+        return np.asarray(im.convert("RGB")), p.name
+
+
+@pytest.fixture(scope="session")
+def he40() -> np.ndarray:
+    return real_he_40x()[0]
+
+
+@pytest.fixture(scope="session")
+def he5(he40) -> np.ndarray:
+    from tileserver.degrade import degrade
+
+    h, w = (s - s % 8 for s in he40.shape[:2])
+    return degrade(np.ascontiguousarray(he40[:h, :w]), 8)
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory) -> Path:
+    import torch
+
+    from training.checkpoint import save
+    from training.model import GeneratorArgs, MultiScaleGenerator
+
+    torch.manual_seed(0)
+    model = MultiScaleGenerator(GeneratorArgs(features=8, growth=8, blocks=1, rdbs_per_block=1, dense_layers=2,
+                                              bicubic_skip=True, init="kaiming"))
+    for stage in model.stages:  # a residual that matters, so seams would show
+        stage.tail.reset_parameters()
+        with torch.no_grad():
+            stage.tail.weight.mul_(0.3)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    save(path, model, name="tiny", step=1, config={"name": "tiny", "data": {"jpeg_quality": None}},
+         val_psnr_y=[30.0, 28.0, 26.0], bicubic_val_psnr_y=[29.0, 27.0, 25.0], val_images=[], description="test model")
+    model.eval()
+    return path
+
+
+@pytest.fixture(scope="session")
+def bundle(checkpoint, tmp_path_factory) -> Path:
+    import export_onnx
+
+    out = tmp_path_factory.mktemp("bundle") / "tiny"
+    img = tmp_path_factory.mktemp("img") / "he40.png"
+    Image.fromarray(real_he_40x()[0]).save(img)
+    export_onnx.export(checkpoint, out, [img], log=lambda *_: None)
+    return out
+
+
+def write_tiff(path: Path, img: np.ndarray, mpp: float | None, tile: int = 64) -> None:
+    """A tiled TIFF (OpenSlide reads it as generic-tiff) with its resolution in the tags."""
+    import tifffile
+
+    kw = {"resolution": (1e4 / mpp, 1e4 / mpp), "resolutionunit": "CENTIMETER"} if mpp else {}
+    tifffile.imwrite(path, img, tile=(tile, tile), photometric="rgb", **kw)
+
+
+@pytest.fixture(scope="session")
+def slide_dir(tmp_path_factory, he5, he40) -> Path:
+    d = tmp_path_factory.mktemp("slides")
+    write_tiff(d / "he5x.tif", he5, 2.0)
+    write_tiff(d / "he20x.tif", np.ascontiguousarray(he40[:256, :320]), 0.5)
+    Image.fromarray(he5[:50, :70]).save(d / "plain.png")
+    (d / "notes.txt").write_text("not a slide")
+    return d
+
+
+@pytest.fixture()
+def app(bundle, slide_dir):
+    from tileserver.app import create_app
+
+    app = create_app({"SLIDE_DIR": str(slide_dir), "MODEL": str(bundle), "DEVICE": "cpu", "THREADS": 1, "CACHE_MB": 64})
+    yield app
+    app.extensions["tileserver"].close()
+
+
+@pytest.fixture()
+def client(app):
+    return app.test_client()

@@ -1,0 +1,64 @@
+"""Catalog on real slides (skipped without ../shared/data), reference pairing, CLI errors."""
+import shutil
+
+import pytest
+
+from tileserver.slides import Catalog, decide
+
+
+def test_decide():
+    assert decide(2.0, 2.0) is None and decide(1.6, 2.0) is None and decide(2.49, 2.0) is None
+    assert "±25%" in decide(0.499, 2.0)
+    assert "--assume-mpp" in decide(None, 2.0)
+
+
+def test_real_slides(wsi_dir, tmp_path):
+    for f in wsi_dir.iterdir():
+        shutil.copy(f, tmp_path / f.name)
+    cat = Catalog(tmp_path, model_mpp=2.0)
+    try:
+        cmu = cat.get("CMU-1-Small-Region")[0]
+        assert (cmu.size, cmu.mpp, cmu.synthesized) == ((2220, 2967), 0.499, False)
+        tcga = cat.get("tcga-cr-7395-01a-01-ts1")[0]
+        assert tcga.mpp is None and not tcga.synthesized and "no mpp" in tcga.reason
+    finally:
+        cat.close()
+    cat = Catalog(tmp_path, model_mpp=2.0, assume_mpp=2.0)
+    try:
+        tcga = cat.get("tcga-cr-7395-01a-01-ts1")[0]
+        assert tcga.synthesized and tcga.mpp_source == "assumed"
+    finally:
+        cat.close()
+
+
+def test_ingested_slide_names_its_reference(wsi_dir, tmp_path, bundle):
+    """`tileserver ingest` output pairs with its source in the API (skipped until ingest works)."""
+    from tileserver import cli
+    from tileserver.app import create_app
+
+    shutil.copy(wsi_dir / "CMU-1-Small-Region.svs", tmp_path)
+    try:
+        rc = cli.main(["ingest", str(tmp_path / "CMU-1-Small-Region.svs"), "-o", str(tmp_path), "--no-progress"])
+    except (NotImplementedError, SystemExit) as e:
+        pytest.skip(f"ingest not available: {e!r}")
+    if rc != 0:
+        pytest.skip("ingest not available")
+    app = create_app({"SLIDE_DIR": str(tmp_path), "MODEL": str(bundle), "DEVICE": "cpu"})
+    try:
+        slides = {s["id"]: s for s in app.test_client().get("/api/slides").json["slides"]}
+        stored = [s for s in slides.values() if s["synthesized"]]
+        if not stored or not stored[0]["reference"]:
+            pytest.skip("ingest does not record provenance yet")
+        assert stored[0]["reference"] == {"id": "CMU-1-Small-Region", "name": "CMU-1-Small-Region.svs"}
+        assert stored[0]["mpp"]["stored"] == pytest.approx(1.996, abs=0.01)
+    finally:
+        app.extensions["tileserver"].close()
+
+
+def test_serve_cli_errors(tmp_path, capsys):
+    from tileserver import cli
+
+    assert cli.main(["serve", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert cli.main(["serve", str(tmp_path), "--model", str(tmp_path / "nobundle")]) == 2
+    assert "manifest.json is missing" in capsys.readouterr().err

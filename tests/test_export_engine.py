@@ -1,0 +1,125 @@
+"""export_onnx.py → bundle → engine: parity, manifest, hashes, providers."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from tileserver import engine as eng
+
+
+def test_manifest_fields(bundle):
+    m = json.loads((bundle / "manifest.json").read_text())
+    assert m["format"] == eng.BUNDLE_FORMAT
+    assert m["name"] == "tiny" and m["version"].startswith("1-")
+    assert [s["file"] for s in m["stages"]] == ["stage1.onnx", "stage2.onnx", "stage3.onnx"]
+    assert all(len(s["sha256"]) == 64 for s in m["stages"])
+    assert m["scales"] == [2, 2, 2] and m["magnifications"] == ["5X", "10X", "20X", "40X"]
+    assert m["input_mpp"] == 2.0
+    assert m["degradation"].startswith("bicubic x1/2 cascade")
+    assert m["licence"] == "CC BY-NC-SA 4.0 (MoNuSeg 2018 training images, Kumar et al.)"
+    assert m["quality"]["val_psnr_y"] == {"10X": 30.0, "20X": 28.0, "40X": 26.0}
+    assert m["parity"]["max_abs_diff"] <= 1e-4
+    assert 0 < m["halo"] <= 32 and m["halo"] == max(m["halo_measurement"]["per_stage_halo"])
+    assert m["block_size"] > 0
+    assert (bundle / "checkpoint.pt").is_file()
+
+
+def test_bundle_matches_torch_chain(bundle, checkpoint, he5):
+    """The exported chain equals the PyTorch chain (uint8 between stages) up to rounding."""
+    from training.checkpoint import load_generator
+    from training.evaluate import torch_upscaler
+
+    onnx_up, info = eng.load_bundle_upscaler(bundle)
+    assert info == {"name": "tiny", "jpeg_quality": None}
+    model, _ = load_generator(checkpoint)
+    img = np.ascontiguousarray(he5[:48, :40])
+    for a, b in zip(onnx_up(img), torch_upscaler(model)(img)):
+        assert a.dtype == np.uint8 and a.shape == b.shape
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+
+
+def test_refuses_tampered_bundle(bundle, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(bundle, bad)
+    with open(bad / "stage2.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(eng.BundleError, match="sha256"):
+        eng.load_bundle(bad)
+
+
+def test_missing_bundle_is_a_clear_error(tmp_path):
+    with pytest.raises(eng.BundleError, match="manifest.json is missing"):
+        eng.load_bundle(tmp_path / "nothing")
+
+
+def test_cpu_fallback_is_reported(bundle):
+    e = eng.Engine(eng.load_bundle(bundle), device="auto", threads=1)
+    try:
+        assert e.provider in ("CPUExecutionProvider", "CUDAExecutionProvider")
+        assert e.sessions[0].get_providers()[0] == e.provider
+        if e.provider == "CPUExecutionProvider":
+            assert e.note and "CPU" in e.note
+    finally:
+        e.close()
+
+
+def test_cpu_session_options(bundle):
+    so = eng.session_options(2)
+    assert so.intra_op_num_threads == 2
+    assert so.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert so.get_session_config_entry("session.inter_op.allow_spinning") == "0"
+
+
+def test_engine_runs_any_block_shape(bundle):
+    e = eng.Engine(eng.load_bundle(bundle), device="cpu", threads=1)
+    try:
+        out = e.run(1, np.zeros((2, 17, 23, 3), np.uint8))
+        assert out.shape == (2, 34, 46, 3) and out.dtype == np.uint8
+        assert e.runs == [0, 2, 0]
+    finally:
+        e.close()
+
+
+def test_export_cli_fails_loudly_without_checkpoint(tmp_path, capsys):
+    import export_onnx
+
+    assert export_onnx.main([str(tmp_path / "none.pt"), "-o", str(tmp_path / "b")]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_batched_blocks_equal_single_runs(bundle):
+    """Blocks of one stage waiting together run as one batch, with the same pixels."""
+    import threading
+
+    e = eng.Engine(eng.load_bundle(bundle), device="cpu", threads=1, max_batch=4)
+    try:
+        rng = np.random.default_rng(1)
+        blocks = [rng.integers(0, 256, (1, 20, 20, 3), dtype=np.uint8) for _ in range(6)]
+        single = [e.run(2, b) for b in blocks]
+        gate = threading.Event()
+        e.queue.submit(None, lambda: gate.wait(10))  # hold the worker so the six queue up
+        futs = [e.queue.submit((2, (3, 20, 20)), eng.to_float(b)) for b in blocks]
+        batches = e.queue.batches
+        gate.set()
+        out = [f.result(10) for f in futs]
+        assert e.queue.batches - batches == 1 + 2  # the gate, then 4 + 2 blocks
+        for a, b in zip(out, single):
+            assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+    finally:
+        e.close()
+
+
+def test_fallback_reported_by_the_api(bundle, slide_dir):
+    from tileserver.app import create_app
+
+    app = create_app({"SLIDE_DIR": str(slide_dir), "MODEL": str(bundle), "DEVICE": "auto"})
+    try:
+        h = app.test_client().get("/healthz").json
+        m = app.test_client().get("/api/slides").json["model"]
+        assert h["provider"] == m["provider"] == app.extensions["tileserver"].engine.sessions[0].get_providers()[0]
+        if h["provider"] == "CPUExecutionProvider":
+            assert "CPU" in h["provider_note"] and m["provider_note"] == h["provider_note"]
+        assert f'provider="{h["provider"]}"' in app.test_client().get("/metrics").data.decode()
+    finally:
+        app.extensions["tileserver"].close()
