@@ -206,10 +206,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.images:
         images = [args.data / n for n in args.images]
-    elif model.is_file():
-        images = validation_images(model, args.data)
-    else:
-        images = []
+    else:  # the validation images recorded in the checkpoint (a bundle carries its checkpoint.pt)
+        ckpt = model / "checkpoint.pt" if model.is_dir() else model
+        images = validation_images(ckpt, args.data) if ckpt.is_file() else []
     missing = [p for p in images if not p.exists()]
     if not images or missing:
         print(f"error: no evaluation images found (missing: {[str(p) for p in missing]}; give --data and --images)", file=sys.stderr)
