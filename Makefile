@@ -10,7 +10,10 @@ STORE ?= var/slides
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
-.PHONY: serve test venv viewer demo clean
+# Debian packages the browser and IIIF-validator tests need (installed when root)
+SYSTEM_DEPS := chromium libmagic1
+
+.PHONY: serve test venv viewer demo system-deps clean
 
 venv: $(STAMP)
 viewer: $(VIEWER_DEPS)
@@ -24,13 +27,24 @@ $(STAMP): setup.cfg pyproject.toml
 $(VIEWER_DEPS): viewer/package.json viewer/package-lock.json
 	cd viewer && npm ci --no-audit --no-fund
 
+system-deps:
+	@missing=$$(for p in $(SYSTEM_DEPS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian packages: $$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "missing Debian packages: $$missing (apt-get install them; the Chromium and IIIF validator tests need them)"; \
+	  fi; \
+	fi
+
 demo: $(STAMP)
 	$(PY) -m tileserver.demo $(STORE)
 
 serve: demo $(VIEWER_DEPS)
 	$(VENV)/bin/tileserver serve $(STORE) --host $(HOST) --port $(PORT)
 
-test: $(STAMP) $(VIEWER_DEPS)
+test: system-deps $(STAMP) $(VIEWER_DEPS)
 	$(PY) -m pytest -p no:cacheprovider
 
 clean:

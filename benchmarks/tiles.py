@@ -10,6 +10,15 @@ and warm tile latency (p50, p95) over keep-alive HTTP; the time to fill a cold
 server's resident memory after that viewport against the cache budget; and,
 as the anchor, the same slide's native tiles from openslide's
 DeepZoomGenerator (read + JPEG encode, in process). Ratios are printed.
+
+IIIF against Deep Zoom (also alone with --iiif-only): IIIF tiles aligned with
+the block grid (``x,y,w,h/w,h`` at scale factors 1, 2, 4, 8) and the Deep Zoom
+tiles at the same places, on a fresh server: cold (half the places asked
+first through IIIF, half through Deep Zoom), then the other protocol on the
+same places (blocks cached, nothing synthesized again: the model's run count
+is read from /metrics), then warm. And the refusal of a whole synthesized
+slide at 40X (``full/max``, ``full/pct:100``, a huge ``x,y,w,h``) on a cold
+cache: status, time, and the model's run count before and after.
 """
 from __future__ import annotations
 
@@ -91,13 +100,13 @@ class Client:
         u = urllib.parse.urlsplit(url)
         self.conn = http.client.HTTPConnection(u.hostname, u.port, timeout=300)
 
-    def get(self, path: str) -> tuple[int, bytes, float]:
+    def get(self, path: str, ok: tuple[int, ...] = (200,)) -> tuple[int, bytes, float]:
         t0 = time.perf_counter()
         self.conn.request("GET", path)
         r = self.conn.getresponse()
         body = r.read()
         dt = time.perf_counter() - t0
-        if r.status != 200:
+        if r.status not in ok:
             raise RuntimeError(f"GET {path}: {r.status} {body[:200]!r}")
         return r.status, body, dt
 
@@ -163,6 +172,97 @@ def native_tiles(path: Path, n: int, quality: int) -> dict:
     return {"file": path.name, "tiles": len(times), "p50_ms": 1000 * statistics.median(times), "p95_ms": 1000 * pct(times, 0.95)}
 
 
+def inference_runs(url: str) -> int:
+    """Forward passes of the model so far (all stages), from the server's /metrics."""
+    text = Client(url).get("/metrics")[1].decode()
+    return int(sum(float(ln.split()[-1]) for ln in text.splitlines()
+                   if ln.startswith("tileserver_inference_seconds_count")))
+
+
+def iiif_tile_path(sid: str, level_size: tuple[int, int], sf: int, tile: int, col: int, row: int) -> str:
+    """The IIIF 3.0 tile at (col, row) of scale factor ``sf``: the block-grid tile a client builds from info.json."""
+    x, y = col * tile, row * tile
+    w, h = min(tile, level_size[0] - x), min(tile, level_size[1] - y)
+    return f"/iiif/3/{sid}/{x * sf},{y * sf},{w * sf},{h * sf}/{w},{h}/0/default.jpg"
+
+
+def iiif_vs_dzi(start, slide: dict, samples: int) -> dict:
+    """Cold, cross (the other protocol, same blocks) and warm latency of aligned IIIF and Deep Zoom tiles."""
+    from tileserver.geometry import dz_level_dims, tile_grid
+
+    levels = dz_level_dims(*slide["dimensions"]["virtual"])
+    top, ts, sid = len(levels) - 1, slide["tile_size"], slide["id"]
+    out = {}
+    for k, name in enumerate(["40X", "20X", "10X", "5X (stored)"]):
+        srv = start()
+        try:
+            c = Client(srv.url)
+            info = json.loads(c.get(f"/iiif/3/{sid}/info.json")[1])
+            tile = info["tiles"][0]["width"]
+            if tile != ts:
+                raise SystemExit(f"IIIF tile {tile} differs from the Deep Zoom tile {ts}: not aligned")
+            level = levels[top - k]
+            grid = tile_grid(level, ts)
+            tiles = spread_tiles(*grid, samples, 3 if grid[0] * grid[1] >= 9 * samples else 1)
+            dz = [f"/dzi/{sid}_files/{top - k}/{col}_{row}.jpeg" for col, row in tiles]
+            ii = [iiif_tile_path(sid, level, 2**k, ts, col, row) for col, row in tiles]
+            firsts = [(ii[i], dz[i]) if i % 2 == 0 else (dz[i], ii[i]) for i in range(len(tiles))]
+            times: dict[str, list[float]] = {f"{p}_{phase}": [] for p in ("iiif", "dzi") for phase in ("cold", "cross", "warm")}
+            kind = lambda path: "iiif" if path.startswith("/iiif/") else "dzi"  # noqa: E731
+            for a, _ in firsts:
+                times[f"{kind(a)}_cold"].append(c.get(a)[2])
+            runs = inference_runs(srv.url)
+            for _, b in firsts:
+                times[f"{kind(b)}_cross"].append(c.get(b)[2])
+            resynthesized = inference_runs(srv.url) - runs
+            for _ in range(2):
+                for a, b in firsts:
+                    for path in (a, b):
+                        times[f"{kind(path)}_warm"].append(c.get(path)[2])
+            out[name] = {key: 1000 * statistics.median(v) for key, v in times.items() if v}
+            out[name].update(tiles=len(tiles), resynthesized_by_other_protocol=resynthesized)
+        finally:
+            srv.stop()
+    return out
+
+
+def iiif_refusal(start, slide: dict) -> dict:
+    """A whole synthesized slide at 40X on a cold cache: refused (status, ms), and the model never runs."""
+    w, h = slide["dimensions"]["virtual"]
+    srv = start()
+    try:
+        c = Client(srv.url)
+        c.get(f"/iiif/3/{slide['id']}/info.json")
+        out = {"runs_before": inference_runs(srv.url)}
+        for path in ("full/max/0/default.jpg", "full/pct:100/0/default.jpg", f"0,0,{w},{h}/{w},{h}/0/default.jpg",
+                     "0,0,99999999,99999999/max/0/default.png"):
+            status, body, dt = c.get(f"/iiif/3/{slide['id']}/{path}", ok=(400, 403))
+            out[path] = {"status": status, "ms": 1000 * dt, "message": body.decode().strip()}
+        out["runs_after"] = inference_runs(srv.url)
+        return out
+    finally:
+        srv.stop()
+
+
+def format_iiif(r: dict) -> str:
+    lines = [f"IIIF 3.0 vs Deep Zoom, aligned tiles (median ms; cross = the other protocol on the same tile, blocks cached)",
+             f"{'level':<13}{'IIIF cold':>10}{'DZI cold':>10}{'IIIF cross':>11}{'DZI cross':>10}{'IIIF warm':>10}"
+             f"{'DZI warm':>10}{'re-synth':>9}"]
+    def cell(v: dict, key: str, width: int, digits: int) -> str:
+        return f"{v[key]:>{width}.{digits}f}" if key in v else f"{'-':>{width}}"
+
+    for name, v in r["iiif_vs_dzi"].items():
+        lines.append(f"{name:<13}{cell(v, 'iiif_cold', 10, 1)}{cell(v, 'dzi_cold', 10, 1)}{cell(v, 'iiif_cross', 11, 2)}"
+                     f"{cell(v, 'dzi_cross', 10, 2)}{cell(v, 'iiif_warm', 10, 2)}{cell(v, 'dzi_warm', 10, 2)}"
+                     f"{v['resynthesized_by_other_protocol']:>9}")
+    ref = r["iiif_refusal"]
+    lines.append(f"whole slide at 40X on a cold cache (model runs before {ref['runs_before']}, after {ref['runs_after']}):")
+    for path, v in ref.items():
+        if isinstance(v, dict):
+            lines.append(f"  {path:<44} {v['status']} in {v['ms']:.2f} ms: {v['message'][:110]}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("slide_dir", type=Path, nargs="?", default=Path("var/slides"))
@@ -176,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--samples", type=int, default=20)
     ap.add_argument("--viewport", default="1920x1080")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--iiif-only", action="store_true", help="only IIIF against Deep Zoom and the refusal")
     args = ap.parse_args(argv)
     vw, vh = (int(v) for v in args.viewport.split("x"))
     results: dict = {"viewport": args.viewport, "cache_mb": args.cache_mb}
@@ -191,6 +292,15 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"no synthesized slide {args.slide or ''} at {srv.url}")
         slide = slides[0]
         results.update(slide=slide["id"], model=info["model"]["id"], provider=info["model"]["provider"])
+        if args.iiif_only:
+            srv.stop()
+            results["iiif_vs_dzi"] = iiif_vs_dzi(start, slide, args.samples)
+            results["iiif_refusal"] = iiif_refusal(start, slide)
+            print(f"slide {slide['id']}, model {results['model']} on {results['provider']}, {os.cpu_count()} CPUs")
+            print(format_iiif(results))
+            if args.out:
+                args.out.write_text(json.dumps(results, indent=2))
+            return 0
         from tileserver.geometry import dz_level_dims, tile_grid
 
         levels = dz_level_dims(*slide["dimensions"]["virtual"])
@@ -227,6 +337,9 @@ def main(argv: list[str] | None = None) -> int:
         metrics = Client(srv.url).get("/metrics")[1].decode()
         results["inference"] = {ln.split("{")[0].replace("tileserver_inference_seconds_", "") + ln[ln.index("{"):ln.index("}") + 1]: float(ln.split()[-1])
                                 for ln in metrics.splitlines() if ln.startswith("tileserver_inference_seconds_") and ("_sum" in ln or "_count" in ln)}
+        srv.stop()
+        results["iiif_vs_dzi"] = iiif_vs_dzi(start, slide, args.samples)
+        results["iiif_refusal"] = iiif_refusal(start, slide)
     finally:
         srv.stop()
 
@@ -236,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     if ref and not args.native:
         results["native_reference"] = native_tiles(args.slide_dir / ref["name"], max(args.samples, 20), 90)
     print(format_table(results))
+    print(format_iiif(results))
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
     return 0

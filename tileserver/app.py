@@ -1,8 +1,8 @@
-"""``create_app(config)``: the Flask app (Deep Zoom, API, operations, viewer).
+"""``create_app(config)``: the Flask app (Deep Zoom, IIIF, API, operations, viewer).
 
 Config keys (upper case, layered over ``DEFAULTS``): SLIDE_DIR, MODEL, DEVICE,
 THREADS, CACHE_MB, TILE_CACHE_FRACTION, TILE_SIZE, OVERLAP, JPEG_QUALITY,
-ASSUME_MPP, QUEUE_SIZE, MAX_AGE, RETRY_AFTER, WARM_UP, VIEWER_DIR.
+ASSUME_MPP, QUEUE_SIZE, MAX_AGE, RETRY_AFTER, WARM_UP, VIEWER_DIR; the IIIF_* keys of ``iiif_http``.
 Bad input gets a 4xx with a one-line reason, never a 500.
 """
 from __future__ import annotations
@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.exceptions import HTTPException
 
 from tileserver import deepzoom as dz
+from tileserver import iiif_http
 from tileserver.service import Settings, TileService
 from tileserver.workqueue import QueueFull
 
@@ -46,9 +47,10 @@ def text(reason: str, status: int, **headers: str) -> Response:
 
 def create_app(config: dict[str, Any] | None = None, service: TileService | None = None) -> Flask:
     app = Flask(__name__, static_folder=None)
-    app.config.update({**DEFAULTS, **(config or {})})
+    app.config.update({**DEFAULTS, **iiif_http.DEFAULTS, **(config or {})})
     svc = service or TileService(settings_from(app.config))
     app.extensions["tileserver"] = svc
+    iiif_http.init_app(app, svc)  # /iiif/3, /iiif/2, manifests, /mirador
     viewer_dir = Path(app.config["VIEWER_DIR"])
 
     @app.errorhandler(dz.RequestError)

@@ -56,6 +56,11 @@ class ByteLRU:
                 self.hits += 1
             return value
 
+    def contains(self, key: Hashable) -> bool:
+        """Whether ``key`` is cached, without counting a hit or miss or refreshing its place."""
+        with self._lock:
+            return key in self._cache
+
     def put(self, key: Hashable, value: Any) -> None:
         if self.max_bytes == 0 or self._sizeof(value) > self.max_bytes:
             with self._lock:

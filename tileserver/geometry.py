@@ -118,3 +118,13 @@ def block_stride(tile_size: int) -> int:
 def block_margin(overlap: int) -> int:
     """Margin around each block core: the tile overlap rounded up to even."""
     return overlap + overlap % 2
+
+
+def scale_source(k: int, synthesized: int) -> tuple[int, int]:
+    """(plane, downsample) for IIIF scale factor ``2**k`` (1 = the full image) with ``synthesized``
+    planes above the stored one: the same sources as Deep Zoom level ``top - k``."""
+    if k < 0:
+        raise IndexError(f"scale exponent {k} < 0")
+    if k <= synthesized:
+        return synthesized - k, 1
+    return 0, 2 ** (k - synthesized)

@@ -180,6 +180,25 @@ class TileService:
         r = self.rasters(sid)
         return (r.model if mode == "sr" else r.bicubic)[plane].read(x, y, w, h)
 
+    # -- any scale: IIIF (scale factor 2**k; k = 0 is the full image, 40X when synthesized) --
+    def planes_above(self, info: SlideInfo) -> int:
+        return SYNTH_PLANES if info.synthesized else 0
+
+    def scale_cost(self, sid: str, k: int, region: g.Region, limit: int) -> int:
+        """Blocks not yet cached that reading ``region`` at scale 2**k would synthesize (stops past ``limit``)."""
+        info, _ = self.slide(sid)
+        plane, _ = g.scale_source(k, self.planes_above(info))
+        return self.rasters(sid).missing_blocks(plane, *region, limit) if plane > 0 else 0
+
+    def scale_pixels(self, sid: str, k: int, region: g.Region) -> np.ndarray:
+        """(h, w, 3) uint8 of ``region`` on the image at scale 2**k, from the same planes and block cache as Deep Zoom."""
+        info, _ = self.slide(sid)
+        plane, downsample = g.scale_source(k, self.planes_above(info))
+        return self.pixels(sid, "sr", plane, downsample, region)
+
+    def stamp(self, sid: str) -> str:
+        return self._stamps[sid]
+
     # -- description ---------------------------------------------------------
     def describe(self, info: SlideInfo) -> dict[str, Any]:
         synth = SYNTH_PLANES if info.synthesized else 0
@@ -210,6 +229,8 @@ class TileService:
             "reference": {"id": ref.id, "name": ref.name} if ref else (
                 {"id": None, "name": info.reference_name} if info.reference_name else None),
             "dzi": f"/dzi/{info.id}.dzi",
+            "iiif": f"/iiif/3/{info.id}/info.json",
+            "iiif_manifest": f"/iiif/3/{info.id}/manifest.json",
             "bicubic_dzi": f"/dzi-bicubic/{info.id}.dzi" if info.synthesized else None,
             "tile_size": p.tile_size,
             "overlap": p.overlap,

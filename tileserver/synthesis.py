@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 from concurrent.futures import Future
-from typing import Callable, Hashable, Protocol, TypeVar
+from typing import Callable, Hashable, Iterable, Protocol, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -146,22 +146,40 @@ class SynthesizedPlane:
         self.cache.put(key, blk)
         return blk
 
-    def read(self, x: int, y: int, w: int, h: int) -> np.ndarray:
-        check_region(self.size, x, y, w, h)
+    def layout(self, x: int, y: int, w: int, h: int) -> tuple[bool, Iterable[tuple[int, int]]]:
+        """The blocks ``read`` uses for a region, and whether one block (core ± margin) holds it all
+        (a tile with its overlap); otherwise they are the blocks whose cores cover it."""
         W, H = self.size
         s, m = self.stride, self.margin
         bx = g.containing_block(x, x + w, s, m, W)
         by = g.containing_block(y, y + h, s, m, H)
-        if bx is not None and by is not None:  # one block holds it all (a tile with its overlap)
-            blk = self.block(bx, by)
+        if bx is not None and by is not None:
+            return True, [(bx, by)]
+        return False, ((bx, by) for by in g.blocks_for_span(y, y + h, s) for bx in g.blocks_for_span(x, x + w, s))
+
+    def cached(self, bx: int, by: int) -> bool:
+        return self.cache.contains((self.key, self.index, bx, by))
+
+    def input_region(self, bx: int, by: int) -> tuple[int, int, int, int]:
+        """The region of the plane below that computing block (bx, by) reads (its window, clipped)."""
+        s, m, h = self.stride, self.margin, self.halo
+        x0, x1 = g.clip_span(*g.block_window(bx, s, m, h), self.below.size[0])
+        y0, y1 = g.clip_span(*g.block_window(by, s, m, h), self.below.size[1])
+        return x0, y0, x1 - x0, y1 - y0
+
+    def read(self, x: int, y: int, w: int, h: int) -> np.ndarray:
+        check_region(self.size, x, y, w, h)
+        single, blocks = self.layout(x, y, w, h)
+        if single:
+            blk = self.block(*next(iter(blocks)))
             return blk.pixels[y - blk.y:y + h - blk.y, x - blk.x:x + w - blk.x]
+        s = self.stride
         out = np.empty((h, w, 3), np.uint8)
-        for by in g.blocks_for_span(y, y + h, s):
-            for bx in g.blocks_for_span(x, x + w, s):
-                blk = self.block(bx, by)
-                x0, x1 = max(x, bx * s), min(x + w, (bx + 1) * s)
-                y0, y1 = max(y, by * s), min(y + h, (by + 1) * s)
-                out[y0 - y:y1 - y, x0 - x:x1 - x] = blk.pixels[y0 - blk.y:y1 - blk.y, x0 - blk.x:x1 - blk.x]
+        for bx, by in blocks:
+            blk = self.block(bx, by)
+            x0, x1 = max(x, bx * s), min(x + w, (bx + 1) * s)
+            y0, y1 = max(y, by * s), min(y + h, (by + 1) * s)
+            out[y0 - y:y1 - y, x0 - x:x1 - x] = blk.pixels[y0 - blk.y:y1 - blk.y, x0 - blk.x:x1 - blk.x]
         return out
 
 
@@ -195,3 +213,23 @@ class SlideRasters:
         for k, (stage, halo) in enumerate(zip(stages, halos)):
             self.model.append(SynthesizedPlane(key, k + 1, self.model[-1], stage, stride, margin, halo, cache, flights))
         self.bicubic: list[Plane] = [stored] + [BicubicPlane(stored, k + 1) for k in range(len(stages))]
+
+    def missing_blocks(self, plane: int, x: int, y: int, w: int, h: int, limit: int) -> int:
+        """Blocks not cached yet that reading a region of model plane ``plane`` would synthesize, on that
+        plane and the planes below it (each counted once); counting stops just past ``limit``. No pixels."""
+        count, regions = 0, [(x, y, w, h)]
+        for p in range(plane, 0, -1):
+            sp = self.model[p]
+            assert isinstance(sp, SynthesizedPlane)
+            missing: dict[tuple[int, int], None] = {}
+            for r in regions:
+                for b in sp.layout(*r)[1]:
+                    if b not in missing and not sp.cached(*b):
+                        missing[b] = None
+                        if count + len(missing) > limit:
+                            return count + len(missing)
+            count += len(missing)
+            regions = [sp.input_region(*b) for b in missing]
+            if not regions:
+                break
+        return count

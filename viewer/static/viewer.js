@@ -33,7 +33,10 @@
     imageLoaderLimit: 6, maxZoomPixelRatio: 2, visibilityRatio: 0.5, minZoomImageRatio: 0.1,
     crossOriginPolicy: false, showRotationControl: false, preserveImageSizeOnResize: true, gestureSettingsMouse: { clickToZoom: false },
   });
-  const viewer = OpenSeadragon(osdOptions($("viewer"), slide.dzi));
+  // ?protocol=iiif: the same pyramid through the IIIF Image API 3.0 (same block cache) instead of Deep Zoom
+  const srSource = new URLSearchParams(location.search).get("protocol") === "iiif" ? slide.iiif : slide.dzi;
+  document.body.dataset.protocol = srSource === slide.dzi ? "dzi" : "iiif";
+  const viewer = OpenSeadragon(osdOptions($("viewer"), srSource));
   window.msrViewer = viewer;
 
   const imageZoom = () => {
@@ -93,7 +96,7 @@
     mode = next;
     const bounds = viewer.viewport.getBounds(true);  // same place, same magnification
     viewer.addTiledImage({
-      tileSource: mode === "sr" ? slide.dzi : slide.bicubic_dzi, index: 0, replace: true,
+      tileSource: mode === "sr" ? srSource : slide.bicubic_dzi, index: 0, replace: true,
       success: () => { viewer.viewport.fitBounds(bounds, true); update(); },
     });
     $("mode").textContent = mode === "sr" ? "SR" : "Bicubic";
