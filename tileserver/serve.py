@@ -20,6 +20,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tile-size", type=int, default=254)
     p.add_argument("--overlap", type=int, default=1)
     p.add_argument("--jpeg-quality", type=int, default=90)
+    iiif = p.add_argument_group("IIIF")
+    iiif.add_argument("--synthesis-budget", type=int, default=24,
+                      help="blocks not yet cached that one IIIF request may synthesize (beyond: 403)")
+    iiif.add_argument("--max-area", type=int, default=4096 * 4096, help="IIIF maxArea (pixels) of one image request")
+    iiif.add_argument("--max-side", type=int, default=8192, help="IIIF maxWidth and maxHeight")
+    iiif.add_argument("--rights", help="rights URI announced in info.json")
+    iiif.add_argument("--base-url", help="public URL of /iiif when behind a proxy (e.g. https://host/iiif)")
     p.set_defaults(func=run)
 
 
@@ -32,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"slide folder {args.slide_dir} does not exist")
     if args.cache_mb < 0 or args.port < 0 or args.tile_size < 2:
         raise UsageError("--cache-mb, --port and --tile-size must be positive")
+    if args.synthesis_budget < 0 or args.max_area < 1 or args.max_side < 1:
+        raise UsageError("--synthesis-budget, --max-area and --max-side must be positive")
     from waitress import serve
 
     from tileserver.app import create_app
@@ -42,6 +51,9 @@ def run(args: argparse.Namespace) -> int:
             "THREADS": args.threads, "CACHE_MB": args.cache_mb, "ASSUME_MPP": args.assume_mpp,
             "QUEUE_SIZE": args.queue, "TILE_SIZE": args.tile_size, "OVERLAP": args.overlap,
             "JPEG_QUALITY": args.jpeg_quality, "WARM_UP": True,
+            "IIIF_SYNTH_BUDGET": args.synthesis_budget, "IIIF_MAX_AREA": args.max_area,
+            "IIIF_MAX_WIDTH": args.max_side, "IIIF_MAX_HEIGHT": args.max_side,
+            "IIIF_RIGHTS": args.rights, "IIIF_BASE_URL": args.base_url,
         })
     except (BundleError, FileNotFoundError, ValueError) as e:
         raise UsageError(str(e)) from None
