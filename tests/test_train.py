@@ -110,3 +110,22 @@ def test_cli_errors_exit_2(tmp_path, capsys):
     assert main(["--config", SMOKE, "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
     assert "error:" in capsys.readouterr().err
     assert main(["--config", SMOKE, "--set", "model.activation=gelu", "--data", ".", "--out", str(tmp_path / "o")]) == 2
+
+
+def test_adversarial_and_perceptual_training_steps(tmp_path):
+    """The paper's full loss: alternating D/G steps and VGG19 features from a weights file."""
+    from training.model import VGGFeatures
+
+    vgg_file = tmp_path / "vgg19-dcbb9e9d.pth"
+    donor = VGGFeatures(random_weights_for_tests=True)
+    torch.save({f"features.{k}": v for k, v in donor.features.state_dict().items()}, vgg_file)
+    data = synthetic_tiles(tmp_path / "tiles")
+    cfg = load(SMOKE, ["data.val_count=1", "run.epochs=1", "run.steps_per_epoch=2", "loss.adversarial=0.04",
+                       "loss.perceptual=0.083", f"loss.vgg_weights={vgg_file}"])
+    out = tmp_path / "gan"
+    train(cfg, data, out, progress=False)
+    with open(out / "log.csv") as f:
+        row = next(csv.DictReader(f))
+    assert float(row["d_loss"]) > 0 and float(row["perceptual"]) > 0 and float(row["adversarial"]) > 0
+    state = checkpoint.load(out / "last.pt")
+    assert state["discriminator"] is not None and state["d_optimizer"] is not None
