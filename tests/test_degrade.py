@@ -59,3 +59,11 @@ def test_pyramid_sizes():
 def test_rejects_non_rgb_uint8():
     with pytest.raises(ValueError, match="uint8"):
         halve(np.zeros((4, 4, 3), np.float32))
+
+
+def test_halve_of_a_window_does_not_depend_on_the_window_shape():
+    # a tall strip and the square it is cut from halve to the same pixels (away from the strip's sides)
+    rng = np.random.default_rng(2)
+    img = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    strip = img[:, 16:32]  # 64 x 16: Pillow's one-call resize would run the vertical pass first here
+    np.testing.assert_array_equal(halve(np.ascontiguousarray(strip))[:, 2:6], halve(img)[:, 10:14])

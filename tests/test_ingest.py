@@ -18,7 +18,7 @@ import tifffile
 
 from tileserver import demo, ingest, slidewriter, streaming
 from tileserver.cli import main
-from tileserver.degrade import degrade
+from tileserver.degrade import degrade, halve
 from tileserver.provenance import Provenance, provenance_properties, read_provenance
 from tileserver.registry_data import CMU_SMALL_REGION
 from tileserver.synthetic import tissue, write_pattern_slide, write_periodic_slide
@@ -93,8 +93,16 @@ def test_span_margin_and_alignment():
     assert streaming.span(240, 250, 4, 999) == (944, 999, 4)  # ends at the border
 
 
-def test_pillow_pass_order_is_the_one_assumed():
-    streaming._check_pass_order()  # raises if Pillow changed how it orders its passes
+def test_halve_keeps_pillows_pass_order_where_training_used_it():
+    """halve fixes the pass order (horizontal, then vertical); for h <= 2w that is the
+    order Pillow's one-call resize uses, so the training data (square crops) is unchanged."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for h, w in [(16, 8), (8, 20), (12, 12), (64, 64)]:
+        img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        one_call = np.asarray(Image.fromarray(img).resize((w // 2, h // 2), Image.Resampling.BICUBIC))
+        np.testing.assert_array_equal(halve(img), one_call)
 
 
 @pytest.mark.parametrize(

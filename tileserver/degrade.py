@@ -19,14 +19,19 @@ DESCRIPTION = "bicubic x1/2 cascade (Pillow BICUBIC, antialiased, edge-replicate
 def halve(img: np.ndarray) -> np.ndarray:
     """Antialiased bicubic ×½ of an (H, W, 3) uint8 image; odd sides are first
     extended by one replicated row/column, so the output is ceil(H/2) × ceil(W/2)
-    and output pixel i covers input pixels 2i and 2i+1 exactly."""
+    and output pixel i covers input pixels 2i and 2i+1 exactly. The result of a
+    window depends only on its pixels, never on its shape."""
     if img.ndim != 3 or img.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, C) uint8 image, got {img.dtype} {img.shape}")
     h, w = img.shape[:2]
     if h % 2 or w % 2:
         img = np.pad(img, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+    # Two 1-D passes in a fixed order (horizontal, then vertical, 8-bit in between):
+    # Pillow's one-call resize picks the order from the shape, which would make a
+    # window's result depend on the window's shape. For h <= 2w it is the same order.
     out_w, out_h = img.shape[1] // 2, img.shape[0] // 2
-    return np.asarray(Image.fromarray(img).resize((out_w, out_h), Image.Resampling.BICUBIC))
+    im = Image.fromarray(img).resize((out_w, img.shape[0]), Image.Resampling.BICUBIC)
+    return np.asarray(im.resize((out_w, out_h), Image.Resampling.BICUBIC))
 
 
 def steps_for_factor(factor: int) -> int:

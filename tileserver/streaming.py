@@ -9,25 +9,17 @@ source:
    that start on multiples of the factor stay aligned at every step (``span``).
 2. At the image border the window must end at the border, so that Pillow's
    border weights and ``halve``'s odd-side replication are the whole image's.
-3. Pillow resamples in two 1-D passes with 8-bit rounding in between, and it
-   picks the pass order from the shape: vertical first when ``h > 2 w`` (so
-   Pillow 13.0 does; ``_check_pass_order`` verifies it for the one installed).
-   So a window must see the same pass order as the whole image at every step.
-   A window of the wrong shape is transposed for that step (``halve`` of the
-   transpose runs the passes the other way round), or, when neither works, it
-   is enlarged towards a square (``degrade_window``).
+3. ``halve`` runs its two 1-D passes in a fixed order, so a window of any
+   shape rounds exactly as the whole image does.
 """
 from __future__ import annotations
 
-import functools
 import math
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Iterator
 
 import numpy as np
-from PIL import Image
-
-from tileserver.degrade import degrade, halve, steps_for_factor
+from tileserver.degrade import degrade
 
 Reader = Callable[[int, int, int, int], np.ndarray]  # (x, y, w, h) -> (h, w, 3) uint8
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 (end exclusive)
@@ -53,113 +45,18 @@ def out_size(size: tuple[int, int], factor: int) -> tuple[int, int]:
     return math.ceil(size[0] / factor), math.ceil(size[1] / factor)
 
 
-def vertical_first(h: int, w: int) -> bool:
-    """Whether Pillow's ×½ resize of an (even) h × w image runs the vertical pass first."""
-    return h > 2 * w
-
-
-@functools.cache
-def _check_pass_order() -> None:
-    """Fail loudly if the installed Pillow orders its passes differently."""
-    rng = np.random.default_rng(0)
-    for h, w in [(20, 8), (16, 8), (8, 20), (12, 12)]:
-        img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
-        both = np.asarray(img.resize((w // 2, h // 2), Image.Resampling.BICUBIC))
-        first = (w, h // 2) if vertical_first(h, w) else (w // 2, h)
-        two = img.resize(first, Image.Resampling.BICUBIC).resize((w // 2, h // 2), Image.Resampling.BICUBIC)
-        if not np.array_equal(both, np.asarray(two)):
-            raise RuntimeError(
-                "this Pillow orders its resampling passes differently from "
-                "tileserver.streaming.vertical_first; update it before ingesting"
-            )
-
-
-def _step_shapes(h: int, w: int, steps: int) -> list[tuple[int, int]]:
-    """Shapes (even-padded, as ``halve`` pads them) entering each ×½ step."""
-    shapes = []
-    for _ in range(steps):
-        h, w = h + h % 2, w + w % 2
-        shapes.append((h, w))
-        h, w = h // 2, w // 2
-    return shapes
-
-
-def cascade_plan(region_hw: tuple[int, int], whole_hw: tuple[int, int], factor: int) -> list[bool] | None:
-    """Per step, whether to halve the region transposed so that its pass order
-    is the whole image's; None when the region's shape allows neither."""
-    steps = steps_for_factor(factor)
-    plan = []
-    for (rh, rw), (wh, ww) in zip(_step_shapes(*region_hw, steps), _step_shapes(*whole_hw, steps)):
-        want = vertical_first(wh, ww)
-        if vertical_first(rh, rw) == want:
-            plan.append(False)
-        elif vertical_first(rw, rh) != want:  # transposed, its first pass is our other axis
-            plan.append(True)
-        else:
-            return None
-    return plan
-
-
-def degrade_as_whole(region: np.ndarray, factor: int, plan: list[bool]) -> np.ndarray:
-    """``degrade(region, factor)`` with the pass order of ``plan``: the shared
-    ``degrade`` itself when no step needs transposing, else its ``halve`` steps."""
-    if not any(plan):
-        return degrade(np.ascontiguousarray(region), factor)
-    for transpose in plan:
-        if transpose:
-            region = halve(np.ascontiguousarray(region.swapaxes(0, 1))).swapaxes(0, 1)
-        else:
-            region = halve(np.ascontiguousarray(region))
-    return np.ascontiguousarray(region)
-
-
 def _source_box(box: Box, factor: int, size: tuple[int, int]) -> tuple[Box, tuple[int, int]]:
     sx0, sx1, cx = span(box[0], box[2], factor, size[0])
     sy0, sy1, cy = span(box[1], box[3], factor, size[1])
     return (sx0, sy0, sx1, sy1), (cx, cy)
 
 
-def _plan_for(box: Box, factor: int, size: tuple[int, int]) -> list[bool] | None:
-    (sx0, sy0, sx1, sy1), _ = _source_box(box, factor, size)
-    return cascade_plan((sy1 - sy0, sx1 - sx0), (size[1], size[0]), factor)
-
-
-def _grow(a0: int, a1: int, length: int, limit: int) -> tuple[int, int]:
-    """Grow [a0, a1) to ``length`` within [0, limit), upwards/leftwards first."""
-    extra = max(0, min(length, limit) - (a1 - a0))
-    a0n = max(0, a0 - extra)
-    return a0n, min(limit, a1 + extra - (a0 - a0n))
-
-
-def squared(box: Box, out_wh: tuple[int, int]) -> Box:
-    """``box`` grown towards a square, as far as the output image allows."""
-    side = max(box[2] - box[0], box[3] - box[1])
-    x0, x1 = _grow(box[0], box[2], side, out_wh[0])
-    y0, y1 = _grow(box[1], box[3], side, out_wh[1])
-    return x0, y0, x1, y1
-
-
-def compute_box(box: Box, factor: int, size: tuple[int, int]) -> tuple[Box, list[bool]]:
-    """The output box to compute for ``box`` (itself, or grown to a square when its
-    shape cannot follow the whole image's pass order) and its cascade plan."""
-    _check_pass_order()
-    plan = _plan_for(box, factor, size)
-    if plan is None:
-        box = squared(box, out_size(size, factor))
-        plan = _plan_for(box, factor, size)
-    if plan is None:  # a square window or a whole-image side always works
-        raise AssertionError(f"no pass-order plan for {box} of {size} at ×1/{factor}")
-    return box, plan
-
-
 def degrade_window(read: Reader, size: tuple[int, int], box: Box, factor: int) -> np.ndarray:
     """``degrade(source, factor)[y0:y1, x0:x1]`` for ``box = (x0, y0, x1, y1)`` in
     output pixels, reading only a window of the source (``size`` = (w, h)) through ``read``."""
-    cbox, plan = compute_box(box, factor, size)
-    (sx0, sy0, sx1, sy1), (cx, cy) = _source_box(cbox, factor, size)
-    out = degrade_as_whole(read(sx0, sy0, sx1 - sx0, sy1 - sy0), factor, plan)
-    ox, oy = cx + box[0] - cbox[0], cy + box[1] - cbox[1]
-    return out[oy : oy + box[3] - box[1], ox : ox + box[2] - box[0]]
+    (sx0, sy0, sx1, sy1), (cx, cy) = _source_box(box, factor, size)
+    out = degrade(np.ascontiguousarray(read(sx0, sy0, sx1 - sx0, sy1 - sy0)), factor)
+    return out[cy : cy + box[3] - box[1], cx : cx + box[2] - box[0]]
 
 
 def column_splits(width: int, min_width: int) -> list[tuple[int, int]]:
@@ -172,7 +69,7 @@ def column_splits(width: int, min_width: int) -> list[tuple[int, int]]:
 
 def block_width(factor: int, band_rows: int, source_pixels: int = 6_000_000) -> int:
     """Output columns per block so that one block reads about ``source_pixels``
-    (at least ``band_rows``, so interior blocks are square or wider)."""
+    (at least ``band_rows``)."""
     return max(band_rows, source_pixels // (band_rows * factor * factor))
 
 
@@ -240,9 +137,6 @@ class BandReducer:
         self._buf_y0 = 0  # image row of self._buf[0]
         self._rows_in = 0
         self._done = 0  # output rows finished
-        # a tall image may need windows grown to a square: keep that many rows
-        tall = any(vertical_first(h, w) for h, w in _step_shapes(size[1], size[0], steps_for_factor(factor)))
-        self._keep_extra = ow * factor + 2 * margin(factor) if tall else 0
 
     def _read(self, x: int, y: int, w: int, h: int) -> np.ndarray:
         if y < self._buf_y0 or y + h > self._rows_in:
@@ -261,13 +155,9 @@ class BandReducer:
         if end <= self._done:
             return
         box = (0, self._done, ow, end)
-        if not last:
-            cbox, _ = compute_box(box, f, self.size)
-            if span(cbox[1], cbox[3], f, self.size[1])[1] > self._rows_in:
-                return  # a square window needs rows not fed yet: wait for them
         self.out[self._done : end] = degrade_window(self._read, self.size, box, f)
         self._done = end
-        keep = max(0, end * f - margin(f) - self._keep_extra)
+        keep = max(0, end * f - margin(f))
         if keep > self._buf_y0:
             self._buf, self._buf_y0 = self._buf[keep - self._buf_y0 :], keep
 
