@@ -365,13 +365,16 @@ def test_memory_does_not_grow_with_the_slide(tmp_path):
         "print(re.search(r'VmHWM:\\s+(\\d+)', Path('/proc/self/status').read_text())[1])"
     )
     rss = {}
-    for side in (4096, 8192):  # the same blocks (512 output columns), 4× as many
+    # both sizes keep the block pipeline full (2 workers, 4 blocks in flight; 4096 px would
+    # not, and its lower peak made this comparison flaky); the larger has 4x as many blocks
+    for side in (8192, 16384):
         src = write_periodic_slide(tmp_path / f"s{side}.svs", side, side, tissue(0, 0, 1024, 1024), 0.25)
         done = subprocess.run([sys.executable, "-c", code, str(src), str(tmp_path / "out")], capture_output=True, text=True, check=True)
         rss[side] = int(done.stdout.split()[-1]) / 1024  # MB
-    whole_image = 8192 * 8192 * 3 / 1e6  # 201 MB: what holding the source would cost
-    assert rss[8192] < rss[4096] + whole_image / 4, rss
-    assert rss[8192] < 600, rss
+        src.unlink()
+    whole_image = 16384 * 16384 * 3 / 1e6  # 805 MB: what holding the source would cost
+    assert rss[16384] < rss[8192] + whole_image / 16, rss
+    assert rss[16384] < 600, rss
 
 
 # ---- real slides (../shared/data) --------------------------------------------------------------
