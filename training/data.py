@@ -76,6 +76,15 @@ def curriculum_threshold(epoch: int, step: float = 0.01, every: int = 5, maximum
     return min(maximum, (epoch // every) * step)
 
 
+def scale_levels(img40: np.ndarray, jpeg_quality: int | None = None) -> list[np.ndarray]:
+    """[5X, 10X, 20X, 40X] of a 40X image cropped to a multiple of 8, made by the shared
+    degradation; the 5X input gets the JPEG round trip when ``jpeg_quality`` is set."""
+    h, w = (s - s % FACTOR for s in img40.shape[:2])
+    levels = pyramid(np.ascontiguousarray(img40[:h, :w]), SCALES)[::-1]
+    levels[0] = degrade(levels[0], 1, jpeg_quality)
+    return levels
+
+
 AUGMENTATIONS = [(k, flip) for k in (0, 1, -1) for flip in (None, "h", "v")]
 
 
@@ -108,14 +117,9 @@ class TileSource:
 
     @classmethod
     def from_image(cls, img40: np.ndarray, name: str, jpeg_quality: int | None = None) -> "TileSource":
-        h, w = (s - s % FACTOR for s in img40.shape[:2])
-        if min(h, w) < 512:
+        if min(img40.shape[:2]) < 512:
             raise DataError(f"{name}: 40X tiles must be at least 512 px on each side, got {img40.shape[1]}x{img40.shape[0]}")
-        img40 = np.ascontiguousarray(img40[:h, :w])
-        levels = pyramid(img40, SCALES)[::-1]
-        if jpeg_quality:
-            levels[0] = degrade(levels[0], 1, jpeg_quality)
-        return cls(name, levels)
+        return cls(name, scale_levels(img40, jpeg_quality))
 
     def sample(self, rng: np.random.Generator, crop: int) -> list[np.ndarray]:
         h, w = self.levels[0].shape[:2]
@@ -196,9 +200,7 @@ class SlideSource:
         region = np.asarray(
             self.slide.read_region((int(x * down), int(y * down)), self.level, (side, side)).convert("RGB")
         )
-        levels = pyramid(region, SCALES)[::-1]
-        if self.jpeg_quality:
-            levels[0] = degrade(levels[0], 1, self.jpeg_quality)
+        levels = scale_levels(region, self.jpeg_quality)
         m = self.MARGIN
         return [lvl[m >> (SCALES - i):, m >> (SCALES - i):][: crop * 2**i, : crop * 2**i] for i, lvl in enumerate(levels)]
 

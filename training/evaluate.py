@@ -20,8 +20,7 @@ import numpy as np
 from PIL import Image
 from skimage.metrics import structural_similarity
 
-from tileserver.degrade import degrade, pyramid
-from training.data import FACTOR, SCALES, load_rgb
+from training.data import load_rgb, scale_levels
 
 SCALE_NAMES = ["10X", "20X", "40X"]
 
@@ -90,9 +89,7 @@ def load_upscaler(path: Path) -> tuple[Upscaler, dict]:
 def evaluate_image(img40: np.ndarray, upscale: Upscaler, jpeg_quality: int | None = None) -> tuple[dict, dict]:
     """(metrics, images) for one 40X image; images hold 5X input, bicubic, SR and real per scale.
     The 5X input gets the JPEG round trip the model was trained with, if any."""
-    h, w = (s - s % FACTOR for s in img40.shape[:2])
-    levels = pyramid(np.ascontiguousarray(img40[:h, :w]), SCALES)[::-1]  # 5X, 10X, 20X, 40X
-    levels[0] = degrade(levels[0], 1, jpeg_quality)
+    levels = scale_levels(img40, jpeg_quality)  # 5X, 10X, 20X, 40X
     srs = upscale(levels[0])
     metrics, images = {}, {"5X": levels[0]}
     for i, name in enumerate(SCALE_NAMES):

@@ -23,11 +23,12 @@ from tqdm import tqdm
 
 from training import checkpoint
 from training.config import Config, ConfigError, load, to_dict
-from training.data import BatchSampler, DataError, curriculum_threshold, list_sources, load_rgb, open_sources, split_by_patient
+from training.data import (
+    BatchSampler, DataError, curriculum_threshold, list_sources, load_rgb, open_sources, scale_levels, split_by_patient,
+)
 from training.evaluate import SCALE_NAMES, bicubic_up, psnr, to_y, torch_upscaler
 from training.losses import GeneratorLoss, discriminator_loss
 from training.model import MultiScaleGenerator, PatchDiscriminator, VGGFeatures, VGGWeightsMissing, describe
-from tileserver.degrade import degrade, pyramid
 
 
 def to_tensors(batch: list[np.ndarray], device: torch.device) -> list[torch.Tensor]:
@@ -51,16 +52,11 @@ class ValidationSet:
         levels = []
         for p in paths:
             img = load_rgb(p)
-            h, w = (s - s % 8 for s in img.shape[:2])
-            if crop5:
-                c = crop5 * 8
+            if crop5:  # the centre, on the 8-px grid
+                c, (h, w) = crop5 * 8, img.shape[:2]
                 y0, x0 = ((h - c) // 16) * 8, ((w - c) // 16) * 8
                 img = img[y0:y0 + c, x0:x0 + c]
-            else:
-                img = img[:h, :w]
-            lv = pyramid(np.ascontiguousarray(img), 3)[::-1]
-            lv[0] = degrade(lv[0], 1, jpeg_quality)
-            levels.append(lv)
+            levels.append(scale_levels(img, jpeg_quality))
         return cls([p.name for p in paths], levels)
 
     def psnr_y(self, upscale) -> list[float]:
