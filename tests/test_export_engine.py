@@ -28,9 +28,9 @@ def test_manifest_fields(bundle):
 def test_bundle_matches_torch_chain(bundle, checkpoint, he5):
     """The exported chain equals the PyTorch chain (uint8 between stages) up to rounding."""
     from training.checkpoint import load_generator
-    from training.evaluate import torch_upscaler
+    from training.upscale import bundle_upscaler, torch_upscaler
 
-    onnx_up, info = eng.load_bundle_upscaler(bundle)
+    onnx_up, info = bundle_upscaler(bundle)
     assert info == {"name": "tiny", "jpeg_quality": None}
     model, _ = load_generator(checkpoint)
     img = np.ascontiguousarray(he5[:48, :40])

@@ -92,3 +92,31 @@ def test_vgg_loads_torchvision_layout_and_gives_two_feature_maps(tmp_path):
     r22, r33 = vgg(torch.rand(1, 3, 32, 32))
     assert tuple(r22.shape) == (1, 128, 16, 16) and tuple(r33.shape) == (1, 256, 8, 8)
     torch.testing.assert_close(vgg.features[0].weight, donor.features[0].weight)
+
+
+def test_per_stage_capacity_and_flops():
+    from training.model import describe, stage_gflop
+
+    a = GeneratorArgs(features=[16, 12, 8], growth=[8, 8, 4], blocks=[2, 1, 1], rdbs_per_block=1, dense_layers=2,
+                      bicubic_skip=True, init="kaiming")
+    assert a.features == (16, 12, 8) and a.for_stage(0).features == 16 and a.for_stage(2).blocks == 1
+    model = MultiScaleGenerator(a)
+    assert [s.head.out_channels for s in model.stages] == [16, 12, 8]
+    assert len(model.stages[0].body) == 2 and len(model.stages[1].body) == 1
+    flops = stage_gflop(a)
+    assert len(flops) == 3 and chain_gflop(a) == pytest.approx(sum(flops))
+    uniform = GeneratorArgs(features=8, growth=4, blocks=1, rdbs_per_block=1, dense_layers=2, bicubic_skip=True)
+    assert stage_gflop(uniform)[2] == pytest.approx(flops[2])  # stage 3 is the same network in both
+    assert "GFLOP" in describe(a) and "(" in describe(a)
+    with pytest.raises(ValueError, match="lists 2 values for 3 stages"):
+        GeneratorArgs(features=[8, 8])
+
+
+def test_bicubic_skip_stays_fp32_under_bf16_autocast():
+    torch.manual_seed(0)
+    stage = SRStage(GeneratorArgs(features=8, growth=4, blocks=1, rdbs_per_block=1, dense_layers=1, bicubic_skip=True))
+    x = torch.rand(1, 3, 12, 12)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = stage(x)
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, stage(x), atol=0.02, rtol=0)

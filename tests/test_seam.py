@@ -6,7 +6,8 @@ import numpy as np
 from PIL import Image
 
 from tileserver import geometry as g
-from tileserver.engine import create_sessions, load_bundle, load_bundle_upscaler, to_float, to_uint8
+from tileserver.engine import create_sessions, load_bundle, to_float, to_uint8
+from training.upscale import bundle_upscaler
 
 
 def stitch(client, slide: str, level: int, dims, tile_size: int, overlap: int) -> np.ndarray:
@@ -42,7 +43,7 @@ def test_tiles_match_whole_image_inference(bundle, slide_dir, he5):
     app = create_app({"SLIDE_DIR": str(slide_dir), "MODEL": str(bundle), "DEVICE": "cpu", "TILE_SIZE": tile_size})
     client = app.test_client()
     try:
-        upscale, _ = load_bundle_upscaler(bundle)
+        upscale, _ = bundle_upscaler(bundle)
         whole = upscale(he5)
         info = client.get("/api/slides/he5x").json["slide"]
         levels = g.dz_level_dims(*info["dimensions"]["virtual"])

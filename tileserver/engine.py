@@ -228,23 +228,5 @@ class Engine:
         self.queue.close()
 
 
-def load_bundle_upscaler(bundle_dir: Path | str, device: str = "cpu", threads: int | None = None) -> tuple[Callable[[np.ndarray], list[np.ndarray]], dict]:
-    """For ``training/evaluate.py``: whole-image upscaler over a bundle's stages,
-    uint8-rounded between stages, and {"name", "jpeg_quality"}."""
-    bundle = load_bundle(bundle_dir)
-    sessions, _, _ = create_sessions(bundle, device, threads)
-    names = [s.get_inputs()[0].name for s in sessions]
-
-    def upscale(img5: np.ndarray) -> list[np.ndarray]:
-        outs, x = [], img5
-        for s, name in zip(sessions, names):
-            x = to_uint8(s.run(None, {name: to_float(x)})[0])[0]
-            outs.append(x)
-        return outs
-
-    cfg = bundle.manifest.get("config") or {}
-    return upscale, {"name": bundle.name, "jpeg_quality": (cfg.get("data") or {}).get("jpeg_quality")}
-
-
 def default_threads() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))

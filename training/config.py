@@ -7,6 +7,7 @@ from typing import Any
 
 import yaml
 
+from training.augment import AugmentConfig
 from training.losses import LossWeights
 from training.model import GeneratorArgs
 
@@ -16,6 +17,10 @@ class DataConfig:
     crop: int = 64  # 5X px; the paper's 64 → 512 at 40X
     batch: int = 2
     jpeg_quality: int | None = None  # JPEG round trip on the 5X input, as a scanner would
+    # Named sources below the --data root (see training.data.SourceSpec); empty = --data is one folder
+    # split by val_patients / val_count.
+    sources: list[dict] = dataclasses.field(default_factory=list)
+    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
     val_patients: list[str] = dataclasses.field(default_factory=list)
     val_count: int = 4  # used when val_patients is empty
     val_crop: int | None = None  # 5X px of the validation images' centre; None = whole image
@@ -48,6 +53,11 @@ class RunConfig:
     seed: int = 0
     threads: int | None = None  # CPU threads for torch; None = torch's default
     max_minutes: float | None = None  # stop (and save) after this wall time
+    precision: str = "auto"  # "bf16" (autocast; fast on CPUs with AMX/AVX512-BF16), "fp32", "auto" = bf16 on CUDA only
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ValueError(f"precision must be auto, bf16 or fp32, not {self.precision!r}")
 
 
 @dataclasses.dataclass

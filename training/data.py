@@ -1,30 +1,33 @@
-"""Training pairs: aligned 5X/10X/20X/40X crops from 40X tiles or whole-slide images.
+"""Training pairs: aligned 5X/10X/20X/40X crops from named, labelled sources of 40X pixels.
 
 Every low magnification is made from the 40X pixels by ``tileserver.degrade``
-(the function ingest uses too). Crops are aligned across scales, augmented
-with the paper's rotations and flips, and filtered by the flatness curriculum.
-Validation is split by patient, never by crop.
+(the function ingest uses too). A data set is a list of named sources (folders
+of tiles or slides), each with its lab label, size filter, sampling weight and
+held-out patients; a whole lab can be held out to measure how a model does on
+a lab it never saw. Crops are aligned across scales, augmented (rotations and
+flips as in the paper, plus ``training.augment``), and filtered by the
+flatness curriculum. Validation is split by patient, never by crop.
 """
 from __future__ import annotations
 
 import dataclasses
 import re
 from pathlib import Path
-from typing import Iterable, Protocol, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
 
 from tileserver.degrade import degrade, pyramid
+from training.augment import AugmentConfig, degrade_input, recolour
+from training.sources import FACTOR, DataError, SlideSource, Source, TileSource
 
 TILE_SUFFIXES = {".tif", ".tiff", ".png"}
 SLIDE_SUFFIXES = {".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide"}
 SCALES = 3  # 5X → 10X → 20X → 40X
-FACTOR = 2**SCALES
+MARGIN = 32  # 40X px of real context around a training crop (more than the degradation's reach)
 
-
-class DataError(ValueError):
-    """Input data that cannot be used, with a message meant for the user."""
+__all__ = ["DataError", "FACTOR", "SCALES", "SourceSpec", "Dataset", "BatchSampler", "scale_levels", "make_pair"]
 
 
 def load_rgb(path: Path) -> np.ndarray:
@@ -33,13 +36,20 @@ def load_rgb(path: Path) -> np.ndarray:
 
 
 def patient_id(path: Path) -> str:
-    """TCGA-XX-YYYY for TCGA names (one patient per case), else the file stem."""
+    """The case an image comes from: TCGA-XX-YYYY for TCGA names, the slide
+    (tumor_064) for CAMELYON patches ``{normal|tumor}_{slide}_{x}_{y}``, else the stem."""
     m = re.match(r"(TCGA-[A-Z0-9]{2}-[A-Z0-9]{4})", path.name, re.IGNORECASE)
-    return m.group(1).upper() if m else path.stem
+    if m:
+        return m.group(1).upper()
+    m = re.match(r"(?:normal|tumor)_((?:normal|tumor|test)_\d{3})_\d+_\d+", path.name, re.IGNORECASE)
+    return m.group(1).lower() if m else path.stem
 
 
-def list_sources(folder: Path) -> list[Path]:
-    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in TILE_SUFFIXES | SLIDE_SUFFIXES)
+def list_images(folder: Path) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"no such data folder: {folder}")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in TILE_SUFFIXES | SLIDE_SUFFIXES)
     if not files:
         raise DataError(f"no 40X tiles (.tif/.png) or slides found in {folder}")
     return files
@@ -51,14 +61,15 @@ def split_by_patient(paths: Sequence[Path], val_patients: Sequence[str] = (), va
     ``val_patients`` names them; else the last ``val_count`` patients in sorted order.
     """
     patients = sorted({patient_id(p) for p in paths})
-    chosen = {v.upper() for v in val_patients} if val_patients else set(patients[len(patients) - val_count:] if val_count else [])
+    if val_patients:
+        chosen = {v.upper() if v.upper().startswith("TCGA-") else v.lower() for v in val_patients}
+    else:
+        chosen = set(patients[len(patients) - val_count:] if val_count else [])
     unknown = chosen - set(patients)
     if unknown:
         raise DataError(f"validation patients not in the data: {sorted(unknown)}")
     val = [p for p in paths if patient_id(p) in chosen]
     train = [p for p in paths if patient_id(p) not in chosen]
-    if not train:
-        raise DataError("no training images left after the validation split")
     return train, val
 
 
@@ -101,140 +112,113 @@ def augment(crops: list[np.ndarray], k: int, flip: str | None) -> list[np.ndarra
     return out
 
 
-class Source(Protocol):
-    name: str
+def make_pair(window: np.ndarray, top: int, left: int, side: int, rng: np.random.Generator,
+              aug: AugmentConfig, jpeg_quality: int | None) -> list[np.ndarray]:
+    """Aligned crops [5X, 10X, 20X, 40X] of the ``side``² core of a 40X window: the window
+    is recoloured, degraded by the shared cascade, its 5X degraded as a scanner would,
+    then every level is cut to the core. ``top``/``left``/``side`` are multiples of 8."""
+    levels = pyramid(recolour(window, aug, rng), SCALES)[::-1]  # 5X first
+    levels[0] = degrade_input(levels[0], aug, jpeg_quality, rng)
+    out = []
+    for i, lvl in enumerate(levels):
+        f = FACTOR >> i  # 40X px per px of this level
+        out.append(lvl[top // f:(top + side) // f, left // f:(left + side) // f])
+    return out
 
-    def sample(self, rng: np.random.Generator, crop: int) -> list[np.ndarray]:
-        """Aligned crops [5X, 10X, 20X, 40X] with a 5X side of ``crop``."""
+
+def sample_pair(src: Source, rng: np.random.Generator, crop: int, aug: AugmentConfig | None = None,
+                jpeg_quality: int | None = None) -> list[np.ndarray]:
+    """One aligned training pair with a 5X side of ``crop`` from ``src``."""
+    window, top, left = src.window(rng, crop * FACTOR, MARGIN)
+    return make_pair(window, top, left, crop * FACTOR, rng, aug or AugmentConfig(), jpeg_quality)
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceSpec:
+    """One named source of 40X pixels: a folder of tiles/slides of one lab."""
+
+    name: str
+    path: str  # relative to the data root
+    lab: str = ""  # lab/site label for per-lab validation (default: the name)
+    weight: float = 1.0  # share of training samples, relative to the other sources
+    min_size: int = 256  # 40X px; smaller images are skipped
+    val_patients: tuple[str, ...] = ()  # cases held out for validation
+    val_count: int = 0  # or the last N cases
+    held_out: bool = False  # a whole lab kept out of training (validation only)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SourceSpec":
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - fields
+        if unknown or "name" not in d or "path" not in d:
+            raise DataError(f"data source {d} needs name and path; unknown keys {sorted(unknown)}; known: {sorted(fields)}")
+        values = {**d, "val_patients": tuple(d.get("val_patients") or ())}
+        values.setdefault("lab", d["name"])
+        return cls(**values)
 
 
 @dataclasses.dataclass
-class TileSource:
-    """A 40X tile held as its full pyramid (degraded once, cropped many times)."""
+class Dataset:
+    """The training sources (with weights) and the validation images, each with its lab."""
 
-    name: str
-    levels: list[np.ndarray]  # [5X, 10X, 20X, 40X]
-
-    @classmethod
-    def from_image(cls, img40: np.ndarray, name: str, jpeg_quality: int | None = None) -> "TileSource":
-        if min(img40.shape[:2]) < 512:
-            raise DataError(f"{name}: 40X tiles must be at least 512 px on each side, got {img40.shape[1]}x{img40.shape[0]}")
-        return cls(name, scale_levels(img40, jpeg_quality))
-
-    def sample(self, rng: np.random.Generator, crop: int) -> list[np.ndarray]:
-        h, w = self.levels[0].shape[:2]
-        if crop > min(h, w):
-            raise DataError(f"{self.name}: crop {crop} at 5X is larger than the image ({w}x{h} at 5X)")
-        y, x = int(rng.integers(0, h - crop + 1)), int(rng.integers(0, w - crop + 1))
-        return [lvl[y * 2**i:(y + crop) * 2**i, x * 2**i:(x + crop) * 2**i] for i, lvl in enumerate(self.levels)]
+    train: list[tuple[Source, float, str]]  # (source, weight, lab)
+    train_paths: list[Path]
+    val: list[tuple[str, Path]]  # (lab, image)
+    seen_labs: list[str]  # labs with training data
 
 
-HR_MPP = 0.25  # 40X
-MPP_TOLERANCE = 0.25
+def build_dataset(specs: Sequence[SourceSpec], root: Path) -> Dataset:
+    """Open every source below ``root`` and split it by patient."""
+    train, train_paths, val, seen = [], [], [], []
+    for spec in specs:
+        paths = list_images(Path(root) / spec.path)
+        tr, va = ([], paths) if spec.held_out else split_by_patient(paths, spec.val_patients, spec.val_count)
+        opened = [_open(p, spec.min_size) for p in tr]
+        opened = [s for s in opened if s is not None]
+        if not spec.held_out and not opened:
+            raise DataError(f"source {spec.name}: no training images left after the validation split and size filter")
+        train += [(s, spec.weight / len(opened), spec.lab) for s in opened]
+        train_paths += tr
+        val += [(spec.lab, p) for p in va]
+        if opened and spec.lab not in seen:
+            seen.append(spec.lab)
+    return Dataset(train, train_paths, val, seen)
 
 
-def slide_level_for_mpp(level_mpps: Sequence[float], target_mpp: float = HR_MPP, tolerance: float = MPP_TOLERANCE) -> int:
-    """Index of the level whose mpp is closest to ``target_mpp``, within ±tolerance."""
-    best = min(range(len(level_mpps)), key=lambda i: abs(level_mpps[i] - target_mpp))
-    if abs(level_mpps[best] - target_mpp) > tolerance * target_mpp:
-        raise DataError(
-            f"no level near {target_mpp} µm/px (40X): levels are {', '.join(f'{m:.3f}' for m in level_mpps)} µm/px"
-        )
-    return best
-
-
-def tissue_mask(thumb: np.ndarray) -> np.ndarray:
-    """Tissue where the image is neither near-white background nor near-black: H&E is
-    saturated, glass is not."""
-    rgb = thumb.astype(np.int16)
-    saturation = rgb.max(axis=2) - rgb.min(axis=2)
-    return (saturation > 20) & (rgb.mean(axis=2) < 235) & (rgb.mean(axis=2) > 30)
-
-
-class SlideSource:
-    """Random tissue tiles of a whole-slide image read at 40X through OpenSlide."""
-
-    MARGIN = 32  # 40X px of context so the degradation near a crop's edge sees real pixels
-
-    def __init__(self, path: Path, jpeg_quality: int | None = None, min_tissue: float = 0.5):
-        import openslide
-
-        self.name = Path(path).name
-        try:
-            self.slide = openslide.OpenSlide(str(path))
-        except openslide.OpenSlideError as e:
-            raise DataError(f"{self.name}: OpenSlide cannot read it ({e})") from None
-        mpp = self.slide.properties.get(openslide.PROPERTY_NAME_MPP_X)
-        if not mpp:
-            raise DataError(
-                f"{self.name}: the slide records no microns per pixel, so its magnification is unknown; "
-                "refusing to guess (give tiles of known 40X instead)"
-            )
-        mpps = [float(mpp) * d for d in self.slide.level_downsamples]
-        self.level = slide_level_for_mpp(mpps)
-        self.jpeg_quality = jpeg_quality
-        self.min_tissue = min_tissue
-        thumb = np.asarray(self.slide.get_thumbnail((512, 512)).convert("RGB"))
-        self.mask = tissue_mask(thumb)
-        if self.mask.mean() < 0.01:
-            raise DataError(f"{self.name}: no tissue found")
-        w0, h0 = self.slide.dimensions
-        self.mask_scale = (w0 / self.mask.shape[1], h0 / self.mask.shape[0])
-
-    def _tissue_fraction(self, x0: int, y0: int, size0: float) -> float:
-        sx, sy = self.mask_scale
-        mx0, my0 = int(x0 / sx), int(y0 / sy)
-        mx1, my1 = max(mx0 + 1, int((x0 + size0) / sx)), max(my0 + 1, int((y0 + size0) / sy))
-        return float(self.mask[my0:my1, mx0:mx1].mean())
-
-    def sample(self, rng: np.random.Generator, crop: int) -> list[np.ndarray]:
-        side = crop * FACTOR + 2 * self.MARGIN
-        down = self.slide.level_downsamples[self.level]
-        lw, lh = self.slide.level_dimensions[self.level]
-        if side > min(lw, lh):
-            raise DataError(f"{self.name}: slide smaller than one training tile")
-        for _ in range(100):
-            x, y = int(rng.integers(0, lw - side + 1)), int(rng.integers(0, lh - side + 1))
-            if self._tissue_fraction(x * down, y * down, side * down) >= self.min_tissue:
-                break
-        region = np.asarray(
-            self.slide.read_region((int(x * down), int(y * down)), self.level, (side, side)).convert("RGB")
-        )
-        levels = scale_levels(region, self.jpeg_quality)
-        m = self.MARGIN
-        return [lvl[m >> (SCALES - i):, m >> (SCALES - i):][: crop * 2**i, : crop * 2**i] for i, lvl in enumerate(levels)]
-
-
-def open_sources(paths: Iterable[Path], jpeg_quality: int | None = None) -> list[Source]:
-    sources: list[Source] = []
-    for p in paths:
-        if p.suffix.lower() in TILE_SUFFIXES:
-            sources.append(TileSource.from_image(load_rgb(p), p.name, jpeg_quality))
-        else:
-            sources.append(SlideSource(p, jpeg_quality))
-    return sources
+def _open(path: Path, min_size: int) -> Source | None:
+    if path.suffix.lower() in SLIDE_SUFFIXES:
+        return SlideSource(path)
+    img = load_rgb(path)
+    return TileSource(img, path.name, min_size) if min(img.shape[:2]) >= min_size else None
 
 
 @dataclasses.dataclass
 class BatchSampler:
-    """Random batches of aligned crops with augmentation and the flatness curriculum."""
+    """Random batches of aligned crops with augmentation and the flatness curriculum.
+
+    ``weights`` (one per source, default equal) set how often each source is drawn."""
 
     sources: Sequence[Source]
     crop: int
     batch: int
     seed: int = 0
+    weights: Sequence[float] | None = None
+    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
+    jpeg_quality: int | None = None
     max_rejections_per_item: int = 50
 
     def __post_init__(self) -> None:
         self.rng = np.random.default_rng(self.seed)
+        w = np.asarray(self.weights if self.weights is not None else [1.0] * len(self.sources), float)
+        self.p = w / w.sum()
 
     def next(self, threshold: float = 0.0) -> list[np.ndarray]:
         """One batch: a list of 4 arrays (N, S·2^i, S·2^i, 3) uint8, 5X first."""
         items: list[list[np.ndarray]] = []
         rejections = 0
         while len(items) < self.batch:
-            src = self.sources[int(self.rng.integers(len(self.sources)))]
-            crops = src.sample(self.rng, self.crop)
+            src = self.sources[int(self.rng.choice(len(self.sources), p=self.p))]
+            crops = sample_pair(src, self.rng, self.crop, self.augment, self.jpeg_quality)
             if flatness(crops[0]) < threshold and rejections < self.max_rejections_per_item * self.batch:
                 rejections += 1
                 continue

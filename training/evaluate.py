@@ -17,74 +17,9 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-from PIL import Image
-from skimage.metrics import structural_similarity
-
 from training.data import load_rgb, scale_levels
-
-SCALE_NAMES = ["10X", "20X", "40X"]
-
-
-def to_y(img: np.ndarray) -> np.ndarray:
-    """BT.601 luma (the paper's Y) of uint8 RGB, as float in [0, 1]."""
-    x = img.astype(np.float64) / 255.0
-    return (16.0 + 65.738 * x[..., 0] + 129.057 * x[..., 1] + 25.064 * x[..., 2]) / 255.0
-
-
-def psnr(a: np.ndarray, b: np.ndarray, data_range: float = 1.0) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(data_range**2 / mse)
-
-
-def image_metrics(pred: np.ndarray, real: np.ndarray) -> dict[str, float]:
-    """PSNR on RGB (uint8 scale) and on Y, and SSIM on RGB, of two uint8 images."""
-    return {
-        "psnr_rgb": psnr(pred, real, 255.0),
-        "psnr_y": psnr(to_y(pred), to_y(real)),
-        "ssim": float(structural_similarity(pred, real, channel_axis=2, data_range=255)),
-    }
-
-
-def bicubic_up(img: np.ndarray, factor: int) -> np.ndarray:
-    """Plain bicubic upscaling (Pillow) — the baseline every gain is measured against."""
-    h, w = img.shape[:2]
-    return np.asarray(Image.fromarray(img).resize((w * factor, h * factor), Image.Resampling.BICUBIC))
-
-
-Upscaler = Callable[[np.ndarray], list[np.ndarray]]
-
-
-def torch_upscaler(model) -> Upscaler:
-    """Run a MultiScaleGenerator stage by stage with uint8 rounding between stages."""
-    import torch
-
-    def run(img5: np.ndarray) -> list[np.ndarray]:
-        outs = []
-        x = img5
-        with torch.no_grad():
-            for stage in model.stages:
-                t = torch.from_numpy(x.copy()).permute(2, 0, 1)[None].float().div(255)
-                y = stage(t)[0].clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).numpy()
-                outs.append(y)
-                x = y
-        return outs
-
-    return run
-
-
-def load_upscaler(path: Path) -> tuple[Upscaler, dict]:
-    """A checkpoint (.pt) or an exported bundle directory (manifest.json + ONNX), with
-    {"name", "jpeg_quality"}: the model's name and the JPEG quality of its training inputs."""
-    path = Path(path)
-    if path.is_dir():
-        from tileserver.engine import load_bundle_upscaler  # exported bundle, through ONNX Runtime
-
-        return load_bundle_upscaler(path)
-    from training.checkpoint import load_generator
-
-    model, meta = load_generator(path)
-    return torch_upscaler(model), {"name": meta.get("name", path.stem), "jpeg_quality": meta["config"]["data"]["jpeg_quality"]}
-
+from training.metrics import SCALE_NAMES, bicubic_up, image_metrics
+from training.upscale import Upscaler, load_upscaler
 
 def evaluate_image(img40: np.ndarray, upscale: Upscaler, jpeg_quality: int | None = None) -> tuple[dict, dict]:
     """(metrics, images) for one 40X image; images hold 5X input, bicubic, SR and real per scale.

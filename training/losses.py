@@ -1,7 +1,9 @@
-"""Losses of the multi-scale generator: pixel (L1), SSIM, frequency, perceptual, adversarial.
+"""Losses of the multi-scale generator.
 
-Weights follow the paper's Table 1 where it has them (L1 0.06 per scale,
-perceptual 0.083, adversarial 0.04); SSIM and frequency terms are ours.
+Pixel (L1), SSIM, frequency, perceptual (VGG19) and adversarial terms; for the
+realistic-texture model also discriminator feature matching and consistency
+with the scan. Weights follow the paper's Table 1 where it has them (L1 0.06
+per scale, perceptual 0.083, adversarial 0.04); the other terms are ours.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.functional.image import structural_similarity_index_measure
 
-from training.model import VGGFeatures
+from training.model import PatchDiscriminator, VGGFeatures
 
 
 @dataclasses.dataclass
@@ -20,19 +22,9 @@ class LossWeights:
     ssim: float = 0.0
     fft: float = 0.0
     perceptual: float = 0.0
-    adversarial: float = 0.0
-
-
-def rgb_to_y(x: torch.Tensor) -> torch.Tensor:
-    """BT.601 luma in [0, 1] from RGB in [0, 1] (the paper's Y: 16..235 range / 255)."""
-    r, g, b = x[:, 0], x[:, 1], x[:, 2]
-    return (16.0 + 65.738 * r + 129.057 * g + 25.064 * b) / 255.0
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """Per-image PSNR in dB for tensors in [0, 1] (any shape with batch first)."""
-    mse = ((a - b) ** 2).flatten(1).mean(1)
-    return 10 * torch.log10(1.0 / (mse + eps))
+    adversarial: float = 0.0  # on the 40X output (the paper)
+    feature_match: float = 0.0  # L1 between discriminator features of real and generated 40X
+    consistency: float = 0.0  # L1 between the 40X output degraded back to 5X and the 5X input
 
 
 def ssim_loss(sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
@@ -44,18 +36,35 @@ def fft_loss(sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
     return (torch.fft.rfft2(sr, norm="ortho") - torch.fft.rfft2(hr, norm="ortho")).abs().mean()
 
 
+def degrade_torch(x: torch.Tensor, halvings: int) -> torch.Tensor:
+    """Differentiable twin of ``tileserver.degrade``: antialiased bicubic ×½ (Pillow's
+    kernel), ``halvings`` times. Equal to the ingest degradation within ~1.5/255
+    (Pillow rounds to 8 bits between its two passes)."""
+    for _ in range(halvings):
+        x = F.interpolate(x, scale_factor=0.5, mode="bicubic", antialias=True, align_corners=False)
+    return x
+
+
+def consistency_loss(sr40: torch.Tensor, lr5: torch.Tensor) -> torch.Tensor:
+    """How far the 40X output, degraded back to 5X, is from the 5X input (L1)."""
+    return F.l1_loss(degrade_torch(sr40, 3), lr5)
+
+
 class GeneratorLoss(torch.nn.Module):
     """Sum over the three outputs of the weighted terms; returns (total, parts)."""
 
-    def __init__(self, weights: LossWeights, vgg: VGGFeatures | None = None):
+    def __init__(self, weights: LossWeights, vgg: VGGFeatures | None = None, disc: PatchDiscriminator | None = None):
         super().__init__()
         self.w = weights
         if weights.perceptual and vgg is None:
             raise ValueError("a perceptual loss weight needs VGG features")
+        if (weights.adversarial or weights.feature_match) and disc is None:
+            raise ValueError("adversarial and feature-matching weights need a discriminator")
         self.vgg = vgg
+        self.disc = disc
 
     def forward(
-        self, outputs: list[torch.Tensor], targets: list[torch.Tensor], fake_logits: torch.Tensor | None = None
+        self, outputs: list[torch.Tensor], targets: list[torch.Tensor], lr5: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[str, float]]:
         parts: dict[str, torch.Tensor] = {}
         total = outputs[0].new_zeros(())
@@ -76,10 +85,20 @@ class GeneratorLoss(torch.nn.Module):
             for sr, hr in zip(outputs[:2], targets[:2]):
                 for i, (fs, fh) in enumerate(zip(self.vgg(sr), self.vgg(hr))):
                     add("perceptual", F.mse_loss(fs, fh) * (1 + i / 3) / 2, self.w.perceptual)
-        if self.w.adversarial:
-            if fake_logits is None:
-                raise ValueError("adversarial weight set but no discriminator output given")
-            add("adversarial", F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits)), self.w.adversarial)
+        if self.w.adversarial or self.w.feature_match:
+            fake_logits, fake_feats = self.disc.features(outputs[-1])
+            if self.w.adversarial:
+                add("adversarial", F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits)),
+                    self.w.adversarial)
+            if self.w.feature_match:
+                with torch.no_grad():
+                    _, real_feats = self.disc.features(targets[-1])
+                fm = sum(F.l1_loss(f, r) for f, r in zip(fake_feats, real_feats)) / len(fake_feats)
+                add("feature_match", fm, self.w.feature_match)
+        if self.w.consistency:
+            if lr5 is None:
+                raise ValueError("the consistency term needs the 5X input")
+            add("consistency", consistency_loss(outputs[-1], lr5), self.w.consistency)
         return total, {k: float(v) for k, v in parts.items()}
 
 

@@ -28,11 +28,14 @@ class GeneratorArgs:
     ``bicubic_skip`` is our addition (off in the paper): each stage adds a
     fixed bicubic ×2 upsampling of its input to its output, so the network only
     learns the residual and starts from the bicubic baseline.
+    ``features``, ``growth`` and ``blocks`` may be one value for every stage or
+    one per stage (5X→10X first): the early stages run on 1/16 and 1/4 of the
+    40X pixels, so capacity there is cheap.
     """
 
-    features: int = 64
-    growth: int = 64
-    blocks: int = 10
+    features: int | tuple[int, ...] = 64
+    growth: int | tuple[int, ...] = 64
+    blocks: int | tuple[int, ...] = 10
     rdbs_per_block: int = 3
     dense_layers: int = 4
     activation: str = "relu"
@@ -41,14 +44,28 @@ class GeneratorArgs:
     bicubic_skip: bool = False
     stages: int = 3
 
+    PER_STAGE = ("features", "growth", "blocks")
+
     def __post_init__(self) -> None:
+        for name in self.PER_STAGE:
+            value = getattr(self, name)
+            if isinstance(value, (list, tuple)):
+                if len(value) != self.stages:
+                    raise ValueError(f"{name} lists {len(value)} values for {self.stages} stages")
+                object.__setattr__(self, name, tuple(int(v) for v in value))
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, not {self.activation!r}")
         if self.init not in ("uniform", "kaiming"):
             raise ValueError(f"init must be 'uniform' or 'kaiming', not {self.init!r}")
         for name in ("features", "growth", "blocks", "rdbs_per_block", "dense_layers", "stages"):
-            if getattr(self, name) < 1:
+            value = getattr(self, name)
+            if (min(value) if isinstance(value, tuple) else value) < 1:
                 raise ValueError(f"{name} must be >= 1")
+
+    def for_stage(self, k: int) -> "GeneratorArgs":
+        """The arguments of stage ``k`` (0 = 5X→10X) with every per-stage value resolved."""
+        values = {n: getattr(self, n)[k] for n in self.PER_STAGE if isinstance(getattr(self, n), tuple)}
+        return dataclasses.replace(self, **values)
 
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
@@ -145,7 +162,10 @@ class SRStage(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f0 = self.head(x)
         y = self.tail(self.upsample(self.body_tail(self.body(f0)) + f0))
-        return y if self.skip is None else y + self.skip(x)
+        if self.skip is None:
+            return y
+        with torch.autocast("cuda" if x.is_cuda else "cpu", dtype=torch.bfloat16, enabled=False):  # the bicubic baseline stays exact under bf16 autocast
+            return y.float() + self.skip(x.float())
 
 
 class MultiScaleGenerator(nn.Module):
@@ -154,7 +174,7 @@ class MultiScaleGenerator(nn.Module):
     def __init__(self, args: GeneratorArgs | None = None):
         super().__init__()
         self.args = args or GeneratorArgs()
-        self.stages = nn.ModuleList(SRStage(self.args) for _ in range(self.args.stages))
+        self.stages = nn.ModuleList(SRStage(self.args.for_stage(k)) for k in range(self.args.stages))
         initialise(self, self.args)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -183,9 +203,18 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def stage_gflop(args: GeneratorArgs, tile: int = 256, halo: int = 16) -> list[float]:
+    """GFLOP (2 × multiply-adds of all convolutions) of each stage, 5X→10X first, to make
+    one ``tile``² 40X tile, each stage reading its input with ``halo`` px of context."""
+    return [_one_stage_gflop(args.for_stage(k), (tile >> (args.stages - k)) + 2 * halo) for k in range(args.stages)]
+
+
 def chain_gflop(args: GeneratorArgs, tile: int = 256, halo: int = 16) -> float:
-    """GFLOP (2 × multiply-adds of all convolutions) to make one ``tile``² 40X tile
-    through the whole chain, each stage reading its input with ``halo`` px of context."""
+    """GFLOP of the whole chain for one ``tile``² 40X tile (see ``stage_gflop``)."""
+    return sum(stage_gflop(args, tile, halo))
+
+
+def _one_stage_gflop(args: GeneratorArgs, side: int) -> float:
     stage = SRStage(args).to("meta")
     macs = 0
 
@@ -196,18 +225,10 @@ def chain_gflop(args: GeneratorArgs, tile: int = 256, halo: int = 16) -> float:
             macs += out.shape[-2] * out.shape[-1] * module.out_channels * module.in_channels * k // module.groups
 
     handles = [m.register_forward_hook(hook) for m in stage.modules() if isinstance(m, nn.Conv2d)]
-    side = tile
-    for _ in range(args.stages):
-        side //= 2
-        stage(torch.empty(1, 3, side + 2 * halo, side + 2 * halo, device="meta"))
+    stage(torch.empty(1, 3, side, side, device="meta"))
     for h in handles:
         h.remove()
-    skip_macs = 0
-    if args.bicubic_skip:  # the fixed conv is not an nn.Conv2d: add it by hand
-        side = tile
-        for _ in range(args.stages):
-            side //= 2
-            skip_macs += (side + 2 * halo) ** 2 * 12 * 3 * 25
+    skip_macs = side**2 * 12 * 3 * 25 if args.bicubic_skip else 0  # the fixed conv is not an nn.Conv2d
     return 2 * (macs + skip_macs) / 1e9
 
 
@@ -229,6 +250,15 @@ class PatchDiscriminator(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (apply a sigmoid for probabilities; losses use BCE-with-logits)."""
         return self.net(x)
+
+    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(logits, the activations after each LeakyReLU of the trunk) for feature matching."""
+        feats = []
+        for layer in self.net[:-3]:
+            x = layer(x)
+            if isinstance(layer, nn.LeakyReLU):
+                feats.append(x)
+        return self.net[-3:](x), feats
 
 
 VGG19_FILE = "vgg19-dcbb9e9d.pth"
@@ -284,9 +314,11 @@ class VGGFeatures(nn.Module):
 
 
 def describe(args: GeneratorArgs, tile: int = 256, halo: int = 16) -> str:
-    stage_params = count_parameters(SRStage(args))
+    params = [count_parameters(SRStage(args.for_stage(k))) for k in range(args.stages)]
+    flops = stage_gflop(args, tile, halo)
     return (
-        f"{stage_params / 1e6:.3f} M parameters per stage, {args.stages * stage_params / 1e6:.3f} M total; "
-        f"{chain_gflop(args, tile, halo):.1f} GFLOP per {tile}x{tile} 40X tile with {halo} px halo per stage"
+        f"{'/'.join(f'{p / 1e6:.3f}' for p in params)} M parameters per stage, {sum(params) / 1e6:.3f} M total; "
+        f"{sum(flops):.1f} GFLOP per {tile}x{tile} 40X tile with {halo} px halo per stage "
+        f"({' + '.join(f'{f:.1f}' for f in flops)})"
     )
 

@@ -1,10 +1,12 @@
 """Train the multi-scale generator.
 
-    python training/train.py --config training/configs/lite.yaml \\
-        --data ../shared/data/monuseg2018-train --out runs/lite [--set data.batch=8 ...] [--resume runs/lite/last.pt]
+    python training/train.py --config training/configs/faithful.yaml \\
+        --data ../shared/data --out runs/faithful [--set data.batch=8 ...] [--resume runs/faithful/last.pt]
 
 Writes into --out: config.yaml (resolved), command.txt, log.csv, curves.png,
-last.pt (resumable) and best.pt (best validation PSNR-Y, averaged over scales).
+last.pt (resumable: weights, optimiser, step, RNG) and best.pt (best
+validation PSNR-Y over the labs seen in training, averaged over scales).
+Labs held out of training are validated and logged but never choose the checkpoint.
 """
 from __future__ import annotations
 
@@ -23,12 +25,12 @@ from tqdm import tqdm
 
 from training import checkpoint
 from training.config import Config, ConfigError, load, to_dict
-from training.data import (
-    BatchSampler, DataError, curriculum_threshold, list_sources, load_rgb, open_sources, scale_levels, split_by_patient,
-)
-from training.evaluate import SCALE_NAMES, bicubic_up, psnr, to_y, torch_upscaler
+from training.curves import plot_curves
+from training.data import BatchSampler, DataError, Dataset, SourceSpec, build_dataset, curriculum_threshold, load_rgb, scale_levels
 from training.losses import GeneratorLoss, discriminator_loss
+from training.metrics import SCALE_NAMES, bicubic_up, psnr, to_y
 from training.model import MultiScaleGenerator, PatchDiscriminator, VGGFeatures, VGGWeightsMissing, describe
+from training.upscale import torch_upscaler
 
 
 def to_tensors(batch: list[np.ndarray], device: torch.device) -> list[torch.Tensor]:
@@ -40,166 +42,199 @@ def learning_rate(cfg: Config, step: int) -> float:
     return max(cfg.optim.min_lr, cfg.optim.lr * cfg.optim.decay ** (epoch // cfg.optim.decay_every_epochs))
 
 
+def source_specs(cfg: Config, data_dir: Path) -> tuple[list[SourceSpec], Path]:
+    """The named sources of ``cfg`` below ``data_dir``, or ``data_dir`` as one source."""
+    if cfg.data.sources:
+        return [SourceSpec.from_dict(d) for d in cfg.data.sources], data_dir
+    data_dir = Path(data_dir)
+    one = SourceSpec(name=data_dir.name, path=".", lab=data_dir.name, min_size=512,
+                     val_patients=tuple(cfg.data.val_patients), val_count=0 if cfg.data.val_patients else cfg.data.val_count)
+    return [one], data_dir
+
+
 @dataclasses.dataclass
 class ValidationSet:
-    """Validation images as [5X, 10X, 20X, 40X] uint8, optionally centre-cropped."""
+    """Validation images as [5X, 10X, 20X, 40X] uint8 with their lab, optionally centre-cropped."""
 
     names: list[str]
+    labs: list[str]
     levels: list[list[np.ndarray]]
 
     @classmethod
-    def from_paths(cls, paths: list[Path], crop5: int | None, jpeg_quality: int | None = None) -> "ValidationSet":
+    def from_paths(cls, items: list[tuple[str, Path]], crop5: int | None, jpeg_quality: int | None = None) -> "ValidationSet":
         levels = []
-        for p in paths:
+        for _, p in items:
             img = load_rgb(p)
             if crop5:  # the centre, on the 8-px grid
-                c, (h, w) = crop5 * 8, img.shape[:2]
-                y0, x0 = ((h - c) // 16) * 8, ((w - c) // 16) * 8
-                img = img[y0:y0 + c, x0:x0 + c]
+                h, w = img.shape[:2]
+                ch, cw = min(crop5 * 8, h - h % 8), min(crop5 * 8, w - w % 8)
+                y0, x0 = ((h - ch) // 16) * 8, ((w - cw) // 16) * 8
+                img = img[y0:y0 + ch, x0:x0 + cw]
             levels.append(scale_levels(img, jpeg_quality))
-        return cls([p.name for p in paths], levels)
+        return cls([p.name for _, p in items], [lab for lab, _ in items], levels)
 
-    def psnr_y(self, upscale) -> list[float]:
-        """Mean PSNR-Y per scale (10X, 20X, 40X); ``upscale`` maps 5X uint8 to the three outputs."""
-        scores = np.zeros(3)
-        for lv in self.levels:
-            for i, out in enumerate(upscale(lv[0])):
-                scores[i] += psnr(to_y(out), to_y(lv[i + 1]))
-        return list(scores / max(1, len(self.levels)))
+    def psnr_y_by_lab(self, upscale) -> dict[str, np.ndarray]:
+        """Mean PSNR-Y per scale (10X, 20X, 40X) for each lab; ``upscale`` maps 5X uint8 to the three outputs."""
+        per_lab: dict[str, list[list[float]]] = {}
+        for lab, lv in zip(self.labs, self.levels):
+            per_lab.setdefault(lab, []).append([psnr(to_y(out), to_y(lv[i + 1])) for i, out in enumerate(upscale(lv[0]))])
+        return {lab: np.mean(v, axis=0) for lab, v in per_lab.items()}
 
-    def bicubic_psnr_y(self) -> list[float]:
-        return self.psnr_y(lambda img5: [bicubic_up(img5, 2 ** (i + 1)) for i in range(3)])
-
-
-def plot_curves(log_path: Path, png_path: Path, bicubic: list[float]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    with open(log_path) as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        return
-    steps = [int(r["step"]) for r in rows]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    a.plot(steps, [float(r["loss"]) for r in rows])
-    a.set_xlabel("step")
-    a.set_ylabel("training loss (epoch mean)")
-    a.set_yscale("log")
-    for i, name in enumerate(SCALE_NAMES):
-        line, = b.plot(steps, [float(r[f"val_psnr_y_{name}"]) for r in rows], label=f"SR {name}")
-        if bicubic:
-            b.axhline(bicubic[i], ls="--", color=line.get_color(), label=f"bicubic {name}")
-    b.set_xlabel("step")
-    b.set_ylabel("validation PSNR-Y (dB)")
-    b.legend(fontsize=7)
-    fig.tight_layout()
-    tmp = png_path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    tmp.replace(png_path)
+    def bicubic_psnr_y_by_lab(self) -> dict[str, np.ndarray]:
+        return self.psnr_y_by_lab(lambda img5: [bicubic_up(img5, 2 ** (i + 1)) for i in range(3)])
 
 
-LOG_FIELDS = ["step", "epoch", "lr", "loss", "l1", "ssim", "fft", "perceptual", "adversarial", "d_loss",
-              *[f"val_psnr_y_{s}" for s in SCALE_NAMES], "val_psnr_y_mean", "threshold", "seconds"]
+LOG_FIELDS = ["step", "epoch", "lr", "loss", "l1", "ssim", "fft", "perceptual", "adversarial", "feature_match",
+              "consistency", "d_loss", *[f"val_psnr_y_{s}" for s in SCALE_NAMES], "val_psnr_y_mean", "threshold", "seconds"]
+
+
+class Trainer:
+    """Model, optimisers, data and the running state of one training run."""
+
+    def __init__(self, cfg: Config, data: Dataset, dev: torch.device):
+        self.cfg, self.dev = cfg, dev
+        self.data = data
+        self.sampler = BatchSampler([s for s, _, _ in data.train], cfg.data.crop, cfg.data.batch, seed=cfg.run.seed,
+                                    weights=[w for _, w, _ in data.train], augment=cfg.data.augment,
+                                    jpeg_quality=cfg.data.jpeg_quality)
+        self.val = ValidationSet.from_paths(data.val, cfg.data.val_crop, cfg.data.jpeg_quality)
+        self.bicubic = self.val.bicubic_psnr_y_by_lab()
+        self.model = MultiScaleGenerator(cfg.model).to(dev)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas)
+        vgg = VGGFeatures(cfg.loss.vgg_weights).to(dev) if cfg.loss.perceptual else None
+        self.disc = PatchDiscriminator().to(dev) if cfg.loss.adversarial or cfg.loss.feature_match else None
+        self.d_opt = torch.optim.Adam(self.disc.parameters(), lr=cfg.optim.d_lr, betas=cfg.optim.d_betas) if self.disc else None
+        self.loss_fn = GeneratorLoss(cfg.loss, vgg, self.disc)
+        self.step, self.best = 0, -float("inf")
+
+    def init_from(self, path: Path) -> None:
+        """Start from another run's generator weights (fine-tuning), not its optimiser or step."""
+        self.model.load_state_dict(checkpoint.load(path)["model"])
+
+    def resume(self, path: Path) -> None:
+        state = checkpoint.load(path)
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        if self.disc is not None:
+            self.disc.load_state_dict(state["discriminator"])
+            self.d_opt.load_state_dict(state["d_optimizer"])
+        self.step, self.best = state["step"], state["best_val"]
+        self.sampler.rng.bit_generator.state = state["rng"]["sampler"]
+        torch.set_rng_state(state["rng"]["torch"])
+
+    def train_step(self, threshold: float) -> dict[str, float]:
+        """One D step (when there is a discriminator), then one G step; returns the loss parts."""
+        for g in self.opt.param_groups:
+            g["lr"] = learning_rate(self.cfg, self.step)
+        lr5, *targets = to_tensors(self.sampler.next(threshold), self.dev)
+        self.model.train()
+        bf16 = self.cfg.run.precision == "bf16" or (self.cfg.run.precision == "auto" and self.dev.type == "cuda")
+        with torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=bf16):
+            outputs = self.model(lr5)
+            parts = {}
+            if self.disc is not None:
+                self.d_opt.zero_grad(set_to_none=True)
+                d_loss = discriminator_loss(self.disc(targets[-1]), self.disc(outputs[-1].detach()))
+                d_loss.backward()
+                self.d_opt.step()
+                parts["d_loss"] = d_loss.item()
+            loss, g_parts = self.loss_fn([o.float() for o in outputs], targets, lr5)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.step += 1
+        return {"loss": loss.item(), **g_parts, **parts}
+
+    def validate(self) -> tuple[dict[str, np.ndarray], list[float]]:
+        """PSNR-Y per lab and scale, and the per-scale mean over the labs seen in training."""
+        self.model.eval()
+        by_lab = self.val.psnr_y_by_lab(torch_upscaler(self.model)) if self.val.levels else {}
+        seen = [by_lab[lab] for lab in self.data.seen_labs if lab in by_lab]
+        return by_lab, list(np.mean(seen, axis=0)) if seen else [float("nan")] * 3
+
+    def save(self, out_dir: Path, scores: list[float], meta: dict) -> None:
+        mean = float(np.mean(scores))
+        if mean > self.best or not (out_dir / "best.pt").exists():
+            self.best = max(self.best, mean)
+            checkpoint.save(out_dir / "best.pt", self.model, step=self.step, best_val=self.best, val_psnr_y=scores, **meta)
+        checkpoint.save(out_dir / "last.pt", self.model, step=self.step, best_val=self.best, val_psnr_y=scores,
+                        optimizer=self.opt.state_dict(), discriminator=self.disc.state_dict() if self.disc else None,
+                        d_optimizer=self.d_opt.state_dict() if self.d_opt else None,
+                        rng={"sampler": self.sampler.rng.bit_generator.state, "torch": torch.get_rng_state()}, **meta)
+
+
+def log_fields(labs: list[str]) -> list[str]:
+    return LOG_FIELDS + [f"val_gain_{lab}" for lab in labs]
+
+
+def write_log_row(path: Path, fields: list[str], row: dict) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fields)
+        if new:
+            w.writeheader()
+        w.writerow({k: row.get(k, "") for k in fields})
+
+
+def prepare_run_folder(cfg: Config, out_dir: Path, command: str, resuming: bool) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    with open(out_dir / "command.txt", "a" if resuming else "w") as f:
+        f.write(command + "\n")
+    if not resuming and (out_dir / "log.csv").exists():
+        (out_dir / "log.csv").unlink()
 
 
 def train(cfg: Config, data_dir: Path, out_dir: Path, resume: Path | None = None, device: str | None = None,
-          command: str = "", progress: bool = True) -> Path:
+          command: str = "", progress: bool = True, init: Path | None = None) -> Path:
     """Train as ``cfg`` says; returns the path of the best checkpoint."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     torch.manual_seed(cfg.run.seed)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    (out_dir / "command.txt").write_text(command + "\n")
-
-    train_paths, val_paths = split_by_patient(list_sources(data_dir), cfg.data.val_patients, cfg.data.val_count)
-    sampler = BatchSampler(open_sources(train_paths, cfg.data.jpeg_quality), cfg.data.crop, cfg.data.batch, seed=cfg.run.seed)
-    val = ValidationSet.from_paths(val_paths, cfg.data.val_crop, cfg.data.jpeg_quality)
-    bicubic = val.bicubic_psnr_y() if val.levels else []
-
-    model = MultiScaleGenerator(cfg.model).to(dev)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas)
-    vgg = VGGFeatures(cfg.loss.vgg_weights).to(dev) if cfg.loss.perceptual else None
-    loss_fn = GeneratorLoss(cfg.loss, vgg)
-    disc = d_opt = None
-    if cfg.loss.adversarial:
-        disc = PatchDiscriminator().to(dev)
-        d_opt = torch.optim.Adam(disc.parameters(), lr=cfg.optim.d_lr, betas=cfg.optim.d_betas)
-
-    step, best = 0, -float("inf")
+    out_dir = Path(out_dir)
+    prepare_run_folder(cfg, out_dir, command, resume is not None)
+    data = build_dataset(*source_specs(cfg, data_dir))
+    t = Trainer(cfg, data, dev)
+    if init:
+        t.init_from(init)
     if resume:
-        state = checkpoint.load(resume)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        if disc is not None:
-            disc.load_state_dict(state["discriminator"])
-            d_opt.load_state_dict(state["d_optimizer"])
-        step, best = state["step"], state["best_val"]
-        sampler.rng.bit_generator.state = state["rng"]["sampler"]
-        torch.set_rng_state(state["rng"]["torch"])
-
+        t.resume(resume)
+    labs = sorted(t.bicubic)
+    fields = log_fields(labs)
+    meta = {"name": cfg.name, "config": to_dict(cfg), "val_images": t.val.names, "val_labs": t.val.labs,
+            "train_images": [p.name for p in data.train_paths], "seen_labs": data.seen_labs,
+            "bicubic_val_psnr_y": list(np.mean([t.bicubic[lab] for lab in data.seen_labs if lab in t.bicubic] or [[np.nan] * 3], axis=0)),
+            "description": describe(cfg.model), "init": str(init) if init else None}
     total = cfg.run.epochs * cfg.run.steps_per_epoch
-    amp = dev.type == "cuda"
-    log_path = out_dir / "log.csv"
-    if not (resume and log_path.exists()):
-        with open(log_path, "w", newline="") as f:
-            csv.writer(f).writerow(LOG_FIELDS)
-    meta = {"name": cfg.name, "config": to_dict(cfg), "val_images": val.names, "train_images": [p.name for p in train_paths],
-            "bicubic_val_psnr_y": bicubic, "description": describe(cfg.model)}
     start, sums, n = time.monotonic(), {}, 0
-    bar = tqdm(total=total, initial=step, disable=not progress, desc=cfg.name, unit="step", dynamic_ncols=True)
-    while step < total:
-        epoch = step // cfg.run.steps_per_epoch
-        threshold = curriculum_threshold(epoch, cfg.data.curriculum_step, cfg.data.curriculum_every_epochs, cfg.data.curriculum_max) if cfg.data.curriculum else 0.0
-        for g in opt.param_groups:
-            g["lr"] = learning_rate(cfg, step)
-        lr5, *targets = to_tensors(sampler.next(threshold), dev)
-        model.train()
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-            outputs = model(lr5)
-            d_loss = None
-            if disc is not None:  # alternate: one D step, then one G step
-                d_opt.zero_grad(set_to_none=True)
-                d_loss = discriminator_loss(disc(targets[-1]), disc(outputs[-1].detach()))
-                d_loss.backward()
-                d_opt.step()
-            loss, parts = loss_fn(outputs, targets, disc(outputs[-1]) if disc is not None else None)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        step += 1
+    bar = tqdm(total=total, initial=t.step, disable=not progress, desc=cfg.name, unit="step", dynamic_ncols=True)
+    while t.step < total:
+        d = cfg.data
+        threshold = curriculum_threshold(t.step // cfg.run.steps_per_epoch, d.curriculum_step, d.curriculum_every_epochs,
+                                         d.curriculum_max) if d.curriculum else 0.0
+        parts = t.train_step(threshold)
         n += 1
-        for k, v in {"loss": loss.item(), **parts, **({"d_loss": d_loss.item()} if d_loss is not None else {})}.items():
+        for k, v in parts.items():
             sums[k] = sums.get(k, 0.0) + v
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{opt.param_groups[0]['lr']:.1e}")
+        bar.set_postfix(loss=f"{parts['loss']:.4f}", lr=f"{t.opt.param_groups[0]['lr']:.1e}")
         out_of_time = cfg.run.max_minutes is not None and time.monotonic() - start > 60 * cfg.run.max_minutes
-        if step % cfg.run.steps_per_epoch == 0 or step == total or out_of_time:
-            model.eval()
-            scores = val.psnr_y(torch_upscaler(model)) if val.levels else [float("nan")] * 3
-            mean = float(np.mean(scores))
-            row = {"step": step, "epoch": step / cfg.run.steps_per_epoch, "lr": opt.param_groups[0]["lr"],
+        if t.step % cfg.run.steps_per_epoch == 0 or t.step == total or out_of_time:
+            by_lab, scores = t.validate()
+            row = {"step": t.step, "epoch": t.step / cfg.run.steps_per_epoch, "lr": t.opt.param_groups[0]["lr"],
                    **{k: v / n for k, v in sums.items()}, **{f"val_psnr_y_{s}": v for s, v in zip(SCALE_NAMES, scores)},
-                   "val_psnr_y_mean": mean, "threshold": threshold, "seconds": round(time.monotonic() - start, 1)}
-            with open(log_path, "a", newline="") as f:
-                csv.DictWriter(f, LOG_FIELDS).writerow({k: row.get(k, "") for k in LOG_FIELDS})
+                   "val_psnr_y_mean": float(np.mean(scores)), "threshold": threshold,
+                   "seconds": round(time.monotonic() - start, 1),
+                   **{f"val_gain_{lab}": float(np.mean(by_lab[lab] - t.bicubic[lab])) for lab in labs}}
+            write_log_row(out_dir / "log.csv", fields, row)
             sums, n = {}, 0
-            if mean > best or not (out_dir / "best.pt").exists():
-                best = max(best, mean)
-                checkpoint.save(out_dir / "best.pt", model, step=step, best_val=best, val_psnr_y=scores, **meta)
-            checkpoint.save(out_dir / "last.pt", model, step=step, best_val=best, val_psnr_y=scores,
-                            optimizer=opt.state_dict(), discriminator=disc.state_dict() if disc else None,
-                            d_optimizer=d_opt.state_dict() if d_opt else None,
-                            rng={"sampler": sampler.rng.bit_generator.state, "torch": torch.get_rng_state()}, **meta)
-            plot_curves(log_path, out_dir / "curves.png", bicubic)
-            bar.write(f"step {step}: val PSNR-Y " + " ".join(f"{s} {v:.2f}" for s, v in zip(SCALE_NAMES, scores))
-                      + (" (bicubic " + " ".join(f"{v:.2f}" for v in bicubic) + ")" if bicubic else ""))
+            t.save(out_dir, scores, meta)
+            plot_curves(out_dir / "log.csv", out_dir / "curves.png", meta["bicubic_val_psnr_y"])
+            bar.write(f"step {t.step}: val PSNR-Y (seen labs) " + " ".join(f"{s} {v:.2f}" for s, v in zip(SCALE_NAMES, scores))
+                      + " | gain by lab " + " ".join(f"{lab} {row[f'val_gain_{lab}']:+.2f}" for lab in labs))
             if out_of_time:
-                bar.write(f"stopping: --max-minutes {cfg.run.max_minutes} reached at step {step}")
+                bar.write(f"stopping: --max-minutes {cfg.run.max_minutes} reached at step {t.step}")
                 break
     bar.close()
     return out_dir / "best.pt"
@@ -210,9 +245,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", type=Path, help="YAML config (training/configs/*.yaml)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a setting, e.g. --set data.batch=8 (repeatable)")
-    ap.add_argument("--data", type=Path, required=True, help="folder of 40X tiles and/or whole-slide images")
+    ap.add_argument("--data", type=Path, required=True,
+                    help="data root of the config's named sources, or one folder of 40X tiles/slides")
     ap.add_argument("--out", type=Path, required=True, help="run folder")
-    ap.add_argument("--resume", type=Path, help="last.pt of an earlier run")
+    ap.add_argument("--resume", type=Path, help="last.pt of an earlier run: continue it")
+    ap.add_argument("--init", type=Path, help="a checkpoint whose generator weights start this run (fine-tuning)")
     ap.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available")
     ap.add_argument("--max-minutes", type=float, help="stop cleanly after this wall time")
     ap.add_argument("--vgg-weights", help="path of torchvision's vgg19-dcbb9e9d.pth for the perceptual loss")
@@ -225,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load(args.config, overrides)
         print(f"{cfg.name}: {describe(cfg.model)}", flush=True)
-        best = train(cfg, args.data, args.out, args.resume, args.device, command=shlex.join(sys.argv))
+        best = train(cfg, args.data, args.out, args.resume, args.device, command=shlex.join(sys.argv), init=args.init)
     except (ConfigError, DataError, VGGWeightsMissing, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,55 @@
+"""Image quality measures shared by training, evaluation and export (NumPy, uint8 in).
+
+PSNR on RGB and on the paper's luma Y, SSIM (scikit-image), bicubic — the
+baseline every gain is measured against — and the luma power per frequency band.
+"""
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+SCALE_NAMES = ["10X", "20X", "40X"]
+# Radial frequency bands (cycles/px) for the band-energy table; 0.5 is Nyquist.
+BANDS = [(1 / 32, 1 / 16), (1 / 16, 1 / 8), (1 / 8, 1 / 4), (1 / 4, 1 / 2)]
+
+
+def to_y(img: np.ndarray) -> np.ndarray:
+    """BT.601 luma (the paper's Y) of uint8 RGB, as float in [0, 1]."""
+    x = img.astype(np.float64) / 255.0
+    return (16.0 + 65.738 * x[..., 0] + 129.057 * x[..., 1] + 25.064 * x[..., 2]) / 255.0
+
+
+def psnr(a: np.ndarray, b: np.ndarray, data_range: float = 1.0) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(data_range**2 / mse)
+
+
+def image_metrics(pred: np.ndarray, real: np.ndarray) -> dict[str, float]:
+    """PSNR on RGB (uint8 scale) and on Y, and SSIM on RGB, of two uint8 images."""
+    from skimage.metrics import structural_similarity
+
+    return {
+        "psnr_rgb": psnr(pred, real, 255.0),
+        "psnr_y": psnr(to_y(pred), to_y(real)),
+        "ssim": float(structural_similarity(pred, real, channel_axis=2, data_range=255)),
+    }
+
+
+def bicubic_up(img: np.ndarray, factor: int) -> np.ndarray:
+    """Plain bicubic upscaling (Pillow) — the baseline every gain is measured against."""
+    h, w = img.shape[:2]
+    return np.asarray(Image.fromarray(img).resize((w * factor, h * factor), Image.Resampling.BICUBIC))
+
+
+def band_power(img: np.ndarray, bands=BANDS) -> np.ndarray:
+    """Luma power in each radial frequency band (cycles/px), from the periodogram of the
+    mean-removed, Hann-windowed Y channel. Ratios of these between two images of the
+    same size say how much of the real detail at each scale an output restores."""
+    y = to_y(img)
+    y = y - y.mean()
+    h, w = y.shape
+    y = y * np.outer(np.hanning(h), np.hanning(w))
+    power = np.abs(np.fft.fft2(y)) ** 2
+    fy, fx = np.meshgrid(np.fft.fftfreq(h), np.fft.fftfreq(w), indexing="ij")
+    radius = np.hypot(fy, fx)
+    return np.array([power[(radius >= lo) & (radius < hi)].sum() for lo, hi in bands])
