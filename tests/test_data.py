@@ -156,7 +156,7 @@ def test_named_sources_hold_out_patients_and_whole_labs(tmp_path):
              SourceSpec.from_dict({"name": "b", "path": "b", "lab": "lab-b", "val_patients": ["tumor_064"]}),
              SourceSpec.from_dict({"name": "c", "path": "c", "held_out": True})]
     ds = build_dataset(specs, tmp_path)
-    assert [p.name for p in ds.train_paths] == ["TCGA-AA-0001-01Z.png", "TCGA-AA-0003-01Z.png", "normal_tumor_004_1_2.png"]
+    assert [p.name for p in ds.train_paths] == ["TCGA-AA-0001-01Z.png", "normal_tumor_004_1_2.png"]  # 0003 too small
     assert [(lab, p.name) for lab, p in ds.val] == [("a", "TCGA-AA-0002-01Z.png"), ("lab-b", "tumor_tumor_064_3_4.png"),
                                                      ("lab-b", "tumor_tumor_064_5_6.png"), ("c", "x.png")]
     assert ds.seen_labs == ["a", "lab-b"]

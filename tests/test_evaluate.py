@@ -8,8 +8,10 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from tileserver.degrade import degrade
 from training import checkpoint
 from training.config import load
-from training.evaluate import evaluate, format_table, main
+from training.evaluate import evaluate, main
+from training.metrics import band_power
 from training.model import MultiScaleGenerator
+from training.report import tables
 
 TILES = ["TCGA-38-6178-01Z-00-DX1.tif", "TCGA-G9-6363-01Z-00-DX1.tif"]
 
@@ -19,39 +21,55 @@ def smoke_checkpoint(tmp_path):
     cfg = load("training/configs/smoke.yaml", ["data.jpeg_quality=90"])
     path = tmp_path / "smoke.pt"
     checkpoint.save(path, MultiScaleGenerator(cfg.model).eval(), name="smoke", config={"data": {"jpeg_quality": 90}},
-                    val_images=TILES)
+                    val_images=TILES, val_labs=["lab-a", "lab-b"])
     return path
 
 
-def test_evaluate_on_two_real_tiles_matches_direct_bicubic(monuseg, smoke_checkpoint, tmp_path):
+def test_evaluate_per_lab_matches_direct_bicubic(monuseg, smoke_checkpoint, tmp_path):
     out = tmp_path / "report"
-    summary = evaluate(smoke_checkpoint, [monuseg / t for t in TILES], out)
-    per_image = {}
-    for t in TILES:
-        with Image.open(monuseg / t) as im:
+    items = [("lab-a", monuseg / TILES[0]), ("lab-b", monuseg / TILES[1])]
+    report = evaluate([smoke_checkpoint], items, out, progress=False)
+    m = report["models"]["smoke"]
+    assert m["labs"] == ["lab-a", "lab-b"] and m["input_jpeg_quality"] == 90
+    for lab, tile in items:
+        with Image.open(tile) as im:
             real40 = np.asarray(im.convert("RGB"))
         lr = degrade(real40, 8, jpeg_quality=90)  # the input the model is evaluated on
         for f, scale in ((2, "10X"), (4, "20X"), (8, "40X")):
             real = degrade(real40, 8 // f)
             bic = np.asarray(Image.fromarray(lr).resize((lr.shape[1] * f, lr.shape[0] * f), Image.Resampling.BICUBIC))
-            per_image.setdefault(scale, []).append(
-                (peak_signal_noise_ratio(real, bic, data_range=255), structural_similarity(real, bic, channel_axis=2, data_range=255))
-            )
-    for scale, values in per_image.items():
-        assert summary["mean"][f"{scale}_bicubic_psnr_rgb"] == pytest.approx(np.mean([v[0] for v in values]), abs=1e-6)
-        assert summary["mean"][f"{scale}_bicubic_ssim"] == pytest.approx(np.mean([v[1] for v in values]), abs=1e-6)
-        assert 15 < summary["mean"][f"{scale}_sr_psnr_rgb"] < 40
-    assert summary["images"] == 2 and summary["input_jpeg_quality"] == 90
+            assert m["bicubic"][lab][f"{scale}_psnr_rgb"] == pytest.approx(peak_signal_noise_ratio(real, bic, data_range=255), abs=1e-6)
+            assert m["bicubic"][lab][f"{scale}_ssim"] == pytest.approx(
+                structural_similarity(real, bic, channel_axis=2, data_range=255), abs=1e-6)
+            assert 15 < m["model"][lab][f"{scale}_psnr_rgb"] < 40
+        # bicubic keeps little of the real 40X detail above 1/8 cycles/px
+        assert m["bicubic"][lab]["40X_band2"] < 0.2
+        assert 20 < m["bicubic"][lab]["consistency_psnr"] < 50
+    mean = m["mean_over_labs"]["gain"]["40X_psnr_rgb"]
+    assert mean == pytest.approx((m["gain"]["lab-a"]["40X_psnr_rgb"] + m["gain"]["lab-b"]["40X_psnr_rgb"]) / 2)
+    worst = m["worst_lab"]["40X"]
+    assert worst["gain_psnr_rgb"] == min(m["gain"][lab]["40X_psnr_rgb"] for lab in ("lab-a", "lab-b"))
     saved = json.loads((out / "summary.json").read_text())
-    assert saved["gain"]["40X"]["psnr_y"] == pytest.approx(summary["gain"]["40X"]["psnr_y"])
-    assert len((out / "per_image.csv").read_text().splitlines()) == 3
-    with Image.open(out / "crops.png") as png:
-        assert png.size[1] > 400
-    table = format_table(summary)
-    assert all(s in table for s in ("10X", "20X", "40X"))
+    assert saved["models"]["smoke"]["gain"]["lab-a"]["40X_psnr_y"] == pytest.approx(m["gain"]["lab-a"]["40X_psnr_y"])
+    assert len((out / "per_image.csv").read_text().splitlines()) == 1 + 2 * 2  # model and bicubic rows per image
+    for lab in ("lab-a", "lab-b"):
+        with Image.open(out / f"crops-{lab}.png") as png:
+            assert png.size[1] > 400
+    text = tables(report)
+    assert all(s in text for s in ("10X", "20X", "40X", "lab-a", "worst lab", "Band energy", "Consistency"))
+
+
+def test_band_power_of_a_pure_tone_lands_in_its_band():
+    x = np.arange(256)
+    for cycles, band in ((1 / 20, 0), (1 / 10, 1), (1 / 6, 2), (1 / 3, 3)):
+        tone = (128 + 100 * np.sin(2 * np.pi * cycles * x))[None, :].repeat(256, 0)
+        img = np.repeat(tone[..., None], 3, axis=2).astype(np.uint8)
+        power = band_power(img)
+        assert int(np.argmax(power)) == band, (cycles, power)
 
 
 def test_evaluate_cli(monuseg, smoke_checkpoint, capsys):
     assert main([str(smoke_checkpoint), "--data", str(monuseg)]) == 0
-    assert "40X" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "40X" in out and "lab-a" in out
     assert main([str(smoke_checkpoint.with_name("missing.pt"))]) == 2

@@ -129,3 +129,38 @@ def test_adversarial_and_perceptual_training_steps(tmp_path):
     assert float(row["d_loss"]) > 0 and float(row["perceptual"]) > 0 and float(row["adversarial"]) > 0
     state = checkpoint.load(out / "last.pt")
     assert state["discriminator"] is not None and state["d_optimizer"] is not None
+
+
+def test_texture_and_consistency_terms():
+    from tileserver.degrade import degrade
+    from training.losses import consistency_loss, degrade_torch, spectrum_loss
+
+    torch.manual_seed(0)
+    hr = torch.rand(2, 3, 64, 64)
+    assert spectrum_loss(hr, hr).item() == 0
+    # phase-free: a shifted copy has the same amplitude spectrum, a blurred one does not
+    assert spectrum_loss(torch.roll(hr, 5, dims=-1), hr).item() < 1e-4
+    blurred = torch.nn.functional.avg_pool2d(hr, 3, 1, 1)
+    assert spectrum_loss(blurred, hr).item() > 0.1
+    # the differentiable degradation is the ingest one within ~1.5/255
+    img = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)
+    t = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
+    ref = degrade(img, 8).astype(np.float32) / 255
+    assert np.abs(degrade_torch(t, 3)[0].permute(1, 2, 0).numpy() - ref).max() < 2 / 255
+    lr5 = degrade_torch(hr, 3)
+    assert consistency_loss(hr, lr5).item() < 1e-6 and consistency_loss(hr.flip(-1), lr5).item() > 0.01
+
+
+def test_realistic_losses_train_with_a_narrow_discriminator(tmp_path):
+    data = synthetic_tiles(tmp_path / "tiles")
+    cfg = load(SMOKE, ["data.val_count=1", "run.epochs=1", "run.steps_per_epoch=2", "loss.adversarial=0.01",
+                       "loss.feature_match=0.1", "loss.spectrum=0.01", "loss.consistency=1", "loss.disc_width=8",
+                       "run.select=last"])
+    out = tmp_path / "realistic"
+    train(cfg, data, out, progress=False)
+    with open(out / "log.csv") as f:
+        row = next(csv.DictReader(f))
+    for k in ("adversarial", "feature_match", "spectrum", "consistency", "d_loss", "val_consistency", "val_40X_band2"):
+        assert float(row[k]) > 0, k
+    state = checkpoint.load(out / "last.pt")
+    assert state["discriminator"]["net.0.weight"].shape[0] == 8  # width 8 instead of the paper's 64

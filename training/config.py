@@ -21,6 +21,7 @@ class DataConfig:
     # split by val_patients / val_count.
     sources: list[dict] = dataclasses.field(default_factory=list)
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
+    train_only: list[str] = dataclasses.field(default_factory=list)  # source names that train (empty = all)
     val_patients: list[str] = dataclasses.field(default_factory=list)
     val_count: int = 4  # used when val_patients is empty
     val_crop: int | None = None  # 5X px of the validation images' centre; None = whole image
@@ -44,6 +45,7 @@ class OptimConfig:
 @dataclasses.dataclass
 class LossConfig(LossWeights):
     vgg_weights: str | None = None
+    disc_width: int = 64  # discriminator width (64 = the paper's; 16-32 trains on a CPU)
 
 
 @dataclasses.dataclass
@@ -53,9 +55,12 @@ class RunConfig:
     seed: int = 0
     threads: int | None = None  # CPU threads for torch; None = torch's default
     max_minutes: float | None = None  # stop (and save) after this wall time
+    select: str = "psnr"  # best.pt: "psnr" (best seen-lab PSNR-Y) or "last" (e.g. the realistic model)
     precision: str = "auto"  # "bf16" (autocast; fast on CPUs with AMX/AVX512-BF16), "fp32", "auto" = bf16 on CUDA only
 
     def __post_init__(self) -> None:
+        if self.select not in ("psnr", "last"):
+            raise ValueError(f"select must be psnr or last, not {self.select!r}")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"precision must be auto, bf16 or fp32, not {self.precision!r}")
 

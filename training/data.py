@@ -145,6 +145,7 @@ class SourceSpec:
     val_patients: tuple[str, ...] = ()  # cases held out for validation
     val_count: int = 0  # or the last N cases
     held_out: bool = False  # a whole lab kept out of training (validation only)
+    train: bool = True  # False: validation split only, no training images (ablations)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SourceSpec":
@@ -167,22 +168,32 @@ class Dataset:
     seen_labs: list[str]  # labs with training data
 
 
-def build_dataset(specs: Sequence[SourceSpec], root: Path) -> Dataset:
-    """Open every source below ``root`` and split it by patient."""
-    train, train_paths, val, seen = [], [], [], []
+def split_sources(specs: Sequence[SourceSpec], root: Path) -> tuple[list[tuple[SourceSpec, Path]], list[tuple[str, Path]]]:
+    """(training images with their source, validation images with their lab), split by patient;
+    a held-out source gives all its images to validation."""
+    train, val = [], []
     for spec in specs:
         paths = list_images(Path(root) / spec.path)
         tr, va = ([], paths) if spec.held_out else split_by_patient(paths, spec.val_patients, spec.val_count)
-        opened = [_open(p, spec.min_size) for p in tr]
-        opened = [s for s in opened if s is not None]
-        if not spec.held_out and not opened:
-            raise DataError(f"source {spec.name}: no training images left after the validation split and size filter")
-        train += [(s, spec.weight / len(opened), spec.lab) for s in opened]
-        train_paths += tr
+        train += [(spec, p) for p in tr if spec.train]
         val += [(spec.lab, p) for p in va]
-        if opened and spec.lab not in seen:
+    return train, val
+
+
+def build_dataset(specs: Sequence[SourceSpec], root: Path) -> Dataset:
+    """Open every training image below ``root`` (skipping those under a source's size filter)."""
+    train_items, val = split_sources(specs, root)
+    opened = [(spec, p, _open(p, spec.min_size)) for spec, p in train_items]
+    opened = [(spec, p, s) for spec, p, s in opened if s is not None]
+    train, seen = [], []
+    for spec in specs:
+        mine = [s for sp, _, s in opened if sp is spec]
+        if spec.train and not spec.held_out and not mine:
+            raise DataError(f"source {spec.name}: no training images left after the validation split and size filter")
+        train += [(s, spec.weight / len(mine), spec.lab) for s in mine]
+        if mine and spec.lab not in seen:
             seen.append(spec.lab)
-    return Dataset(train, train_paths, val, seen)
+    return Dataset(train, [p for _, p, _ in opened], val, seen)
 
 
 def _open(path: Path, min_size: int) -> Source | None:

@@ -1,154 +1,186 @@
-"""Evaluate a checkpoint (or an exported bundle) against bicubic on real 40X images.
+"""Evaluate models against bicubic on real 40X images, per lab.
 
-For each image: 40X → 5X by the shared degradation, then 10X/20X/40X by the
-model (stage by stage, rounded to uint8 between stages exactly as the server
-serves them) and by bicubic interpolation of the 5X image; PSNR (RGB and Y)
-and SSIM (scikit-image) of both against the real pixels at each scale.
+For each image: 40X → 5X by the shared degradation (plus the JPEG round trip
+the model was trained with), then 10X/20X/40X by each model (stage by stage,
+rounded to uint8 between stages exactly as the server serves them) and by
+bicubic interpolation of the same 5X input. Reported per lab, with the mean
+over labs and the worst lab:
+- PSNR (RGB and Y) and SSIM at each scale, model and bicubic, and the gain;
+- band energy: the luma power of the 20X and 40X output in radial frequency
+  bands divided by that of the real image (1 = all the real detail, 0 = none);
+- consistency with the scan: the 40X output degraded back to 5X (no JPEG)
+  against the 5X input, PSNR in dB.
 
-    python training/evaluate.py [CHECKPOINT|BUNDLE] --data DIR [--images A.tif ...] --out DIR
+    python training/evaluate.py [MODEL ...] [--sources training/configs/faithful.yaml] \\
+        [--data ../shared/data] [--out DIR]
+
+MODEL is a checkpoint (.pt) or a bundle folder (default: the shipped model).
+Images: the validation split of the named sources of ``--sources`` (every lab,
+held-out labs included), or ``--images`` under ``--data``, or else the
+validation images recorded in the (first) checkpoint.
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
+from tqdm import tqdm
+
+from tileserver.degrade import degrade
 from training.data import load_rgb, scale_levels
-from training.metrics import SCALE_NAMES, bicubic_up, image_metrics
+from training.metrics import BANDS, SCALE_NAMES, band_power, bicubic_up, image_metrics, psnr
+from training.report import save_crops_png, tables, write_csv
 from training.upscale import Upscaler, load_upscaler
 
-def evaluate_image(img40: np.ndarray, upscale: Upscaler, jpeg_quality: int | None = None) -> tuple[dict, dict]:
-    """(metrics, images) for one 40X image; images hold 5X input, bicubic, SR and real per scale.
-    The 5X input gets the JPEG round trip the model was trained with, if any."""
+BAND_SCALES = ["20X", "40X"]
+
+
+def image_row(levels: list[np.ndarray], outs: list[np.ndarray]) -> dict[str, float]:
+    """Metrics of one method's outputs [10X, 20X, 40X] against the real levels."""
+    row: dict[str, float] = {}
+    for i, name in enumerate(SCALE_NAMES):
+        for k, v in image_metrics(outs[i], levels[i + 1]).items():
+            row[f"{name}_{k}"] = v
+        if name in BAND_SCALES:
+            ratio = band_power(outs[i]) / np.maximum(band_power(levels[i + 1]), 1e-12)
+            for b, r in enumerate(ratio):
+                row[f"{name}_band{b}"] = float(r)
+    row["consistency_psnr"] = psnr(degrade(outs[-1], 8), levels[0], 255.0)
+    return row
+
+
+def evaluate_image(img40: np.ndarray, upscale: Upscaler, jpeg_quality: int | None = None) -> tuple[dict, dict, dict]:
+    """(model row, bicubic row, images) for one 40X image; images hold the 5X input and,
+    per scale, (bicubic, model, real)."""
     levels = scale_levels(img40, jpeg_quality)  # 5X, 10X, 20X, 40X
     srs = upscale(levels[0])
-    metrics, images = {}, {"5X": levels[0]}
-    for i, name in enumerate(SCALE_NAMES):
-        real, sr, bic = levels[i + 1], srs[i], bicubic_up(levels[0], 2 ** (i + 1))
-        for method, pred in (("sr", sr), ("bicubic", bic)):
-            for k, v in image_metrics(pred, real).items():
-                metrics[f"{name}_{method}_{k}"] = v
-        images[name] = (bic, sr, real)
-    return metrics, images
+    bics = [bicubic_up(levels[0], 2 ** (i + 1)) for i in range(3)]
+    images = {"5X": levels[0], **{name: (bics[i], srs[i], levels[i + 1]) for i, name in enumerate(SCALE_NAMES)}}
+    return image_row(levels, srs), image_row(levels, bics), images
 
 
-def summarise(rows: Sequence[dict]) -> dict:
-    keys = [k for k in rows[0] if k != "image"]
-    mean = {k: float(np.mean([r[k] for r in rows])) for k in keys}
-    summary = {"images": len(rows), "mean": mean, "gain": {}}
-    for name in SCALE_NAMES:
-        summary["gain"][name] = {
-            m: mean[f"{name}_sr_{m}"] - mean[f"{name}_bicubic_{m}"] for m in ("psnr_rgb", "psnr_y", "ssim")
-        }
-    return summary
+def lab_means(rows: Sequence[dict]) -> dict[str, dict[str, float]]:
+    """{lab: mean of every metric} over the rows of one method."""
+    labs: dict[str, list[dict]] = {}
+    for r in rows:
+        labs.setdefault(r["lab"], []).append(r)
+    return {lab: {"images": len(rs), **{k: float(np.mean([r[k] for r in rs])) for k in rs[0] if k not in ("lab", "image")}}
+            for lab, rs in labs.items()}
 
 
-def format_table(summary: dict) -> str:
-    m = summary["mean"]
-    lines = [
-        f"{'scale':<6}{'bicubic PSNR':>14}{'SR PSNR':>10}{'gain':>8}{'bicubic PSNR-Y':>16}{'SR PSNR-Y':>11}{'gain':>8}"
-        f"{'bicubic SSIM':>14}{'SR SSIM':>9}{'gain':>8}"
-    ]
-    for s in SCALE_NAMES:
-        g = summary["gain"][s]
-        lines.append(
-            f"{s:<6}{m[f'{s}_bicubic_psnr_rgb']:>14.2f}{m[f'{s}_sr_psnr_rgb']:>10.2f}{g['psnr_rgb']:>+8.2f}"
-            f"{m[f'{s}_bicubic_psnr_y']:>16.2f}{m[f'{s}_sr_psnr_y']:>11.2f}{g['psnr_y']:>+8.2f}"
-            f"{m[f'{s}_bicubic_ssim']:>14.4f}{m[f'{s}_sr_ssim']:>9.4f}{g['ssim']:>+8.4f}"
-        )
-    return "\n".join(lines) + f"\n(mean over {summary['images']} images, whole images, PSNR in dB)"
+def summarise(model_rows: Sequence[dict], bicubic_rows: Sequence[dict]) -> dict:
+    """Per-lab means of model and bicubic, gains, the mean over labs and the worst lab per scale."""
+    model, bic = lab_means(model_rows), lab_means(bicubic_rows)
+    labs = sorted(model)
+    gain = {lab: {k: model[lab][k] - bic[lab][k] for k in model[lab] if k != "images"} for lab in labs}
+    over = lambda d: {k: float(np.mean([d[lab][k] for lab in labs])) for k in d[labs[0]] if k != "images"}
+    worst = {s: min(labs, key=lambda lab: gain[lab][f"{s}_psnr_rgb"]) for s in SCALE_NAMES}
+    return {"labs": labs, "model": model, "bicubic": bic, "gain": gain,
+            "mean_over_labs": {"model": over(model), "bicubic": over(bic), "gain": over(gain)},
+            "worst_lab": {s: {"lab": lab, "gain_psnr_rgb": gain[lab][f"{s}_psnr_rgb"]} for s, lab in worst.items()}}
 
 
-def save_crops_png(samples: list[tuple[str, dict]], path: Path, crop40: int = 256) -> None:
-    """One row per image and scale: 5X input (nearest-neighbour enlarged) | bicubic | SR | real."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [(n, s, imgs) for n, imgs in samples for s in SCALE_NAMES]
-    fig, axes = plt.subplots(len(rows), 4, figsize=(12, 3 * len(rows)), squeeze=False)
-    for r, (name, scale, imgs) in enumerate(rows):
-        f = 2 ** (SCALE_NAMES.index(scale) + 1)
-        bic, sr, real = imgs[scale]
-        c = crop40 // (8 // f)  # same field of view at every scale
-        y0, x0 = (real.shape[0] - c) // 2, (real.shape[1] - c) // 2
-        lr = imgs["5X"][y0 // f:(y0 + c) // f, x0 // f:(x0 + c) // f]
-        panels = [np.kron(lr, np.ones((f, f, 1), dtype=np.uint8)), bic[y0:y0 + c, x0:x0 + c], sr[y0:y0 + c, x0:x0 + c], real[y0:y0 + c, x0:x0 + c]]
-        for col, (panel, title) in enumerate(zip(panels, ("5X input", "bicubic", "SR (model)", f"real {scale}"))):
-            ax = axes[r][col]
-            ax.imshow(panel, interpolation="nearest")
-            ax.set_title(f"{name[:16]} {scale}: {title}" if col == 0 else title, fontsize=8)
-            ax.axis("off")
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    tmp.replace(path)
+def model_label(path: Path, name: str, ambiguous: bool) -> str:
+    """The model's name, with its folder (a run or bundle) when two models share a name."""
+    path = Path(path)
+    return f"{name} ({path.name if path.is_dir() else path.parent.name + '/' + path.name})" if ambiguous else name
 
 
-def evaluate(model_path: Path, images: Sequence[Path], out_dir: Path | None, n_png: int = 2) -> dict:
-    upscale, info = load_upscaler(model_path)
-    rows, samples = [], []
-    for p in images:
-        metrics, imgs = evaluate_image(load_rgb(p), upscale, info["jpeg_quality"])
-        rows.append({"image": p.name, **metrics})
-        if len(samples) < n_png:
-            samples.append((p.name, imgs))
-    summary = summarise(rows)
-    summary["model"] = info["name"]
-    summary["input_jpeg_quality"] = info["jpeg_quality"]
-    summary["model_path"] = str(model_path)
-    summary["image_names"] = [p.name for p in images]
+def evaluate(models: Sequence[Path], items: Sequence[tuple[str, Path]], out_dir: Path | None, progress: bool = True) -> dict:
+    """Evaluate every model on the (lab, image) items; returns {"models": {name: summary}, ...}
+    and, with ``out_dir``, writes per_image.csv, summary.json, tables.md and crops-<lab>.png."""
+    loaded = [load_upscaler(m) for m in models]
+    names = [model_label(m, info["name"], [i["name"] for _, i in loaded].count(info["name"]) > 1)
+             for m, (_, info) in zip(models, loaded)]
+    rows: dict[str, list[dict]] = {n: [] for n in names}
+    bic_rows: dict[str, list[dict]] = {n: [] for n in names}
+    samples: dict[str, dict] = {}
+    for lab, path in tqdm(items, desc="evaluate", unit="image", disable=not progress):
+        img40 = load_rgb(path)
+        for name, (upscale, info) in zip(names, loaded):
+            m, b, images = evaluate_image(img40, upscale, info["jpeg_quality"])
+            rows[name].append({"lab": lab, "image": path.name, **m})
+            bic_rows[name].append({"lab": lab, "image": path.name, **b})
+            samples.setdefault(lab, {"image": path.name, "5X": images["5X"], "real": {}, "bicubic": {}, "models": {}})
+            if samples[lab]["image"] == path.name:
+                s = samples[lab]
+                for scale in SCALE_NAMES:
+                    s["bicubic"][scale], s["real"][scale] = images[scale][0], images[scale][2]
+                    s["models"].setdefault(name, {})[scale] = images[scale][1]
+    report = {"models": {n: {**summarise(rows[n], bic_rows[n]), "path": str(m), "input_jpeg_quality": info["jpeg_quality"]}
+                         for n, m, (_, info) in zip(names, models, loaded)},
+              "images": [{"lab": lab, "image": p.name} for lab, p in items], "bands_cycles_per_px": BANDS}
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
-        with open(out_dir / "per_image.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
-        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        save_crops_png(samples, out_dir / "crops.png")
-    return summary
+        write_csv(out_dir / "per_image.csv", [{"model": n, "method": meth, **r} for n in names
+                                              for meth, rs in (("model", rows[n]), ("bicubic", bic_rows[n])) for r in rs])
+        (out_dir / "summary.json").write_text(json.dumps(report, indent=2))
+        (out_dir / "tables.md").write_text(tables(report))
+        for lab, s in samples.items():
+            save_crops_png(s, out_dir / f"crops-{lab}.png")
+    return report
 
 
-def validation_images(checkpoint_path: Path, data_dir: Path) -> list[Path]:
-    """The validation images recorded in a checkpoint's metadata, found in ``data_dir``."""
+def recorded_items(model: Path, data_root: Path) -> list[tuple[str, Path]]:
+    """The validation images (and labs) recorded in a checkpoint, found below ``data_root``."""
     from training.checkpoint import read_metadata
 
-    names = read_metadata(checkpoint_path).get("val_images") or []
-    return [data_dir / n for n in names if (data_dir / n).exists()]
+    ckpt = model / "checkpoint.pt" if model.is_dir() else model
+    meta = read_metadata(ckpt) if ckpt.is_file() else {}
+    names = meta.get("val_images") or []
+    labs = meta.get("val_labs") or [data_root.name] * len(names)
+    found = {p.name: p for p in data_root.rglob("*") if p.name in set(names)}
+    return [(lab, found.get(n, data_root / n)) for lab, n in zip(labs, names)]
+
+
+def source_items(config: Path, data_root: Path) -> list[tuple[str, Path]]:
+    """The validation split of the named sources of a training config, every lab."""
+    from training.config import load
+    from training.data import SourceSpec, split_sources
+
+    cfg = load(config)
+    if not cfg.data.sources:
+        raise ValueError(f"{config} names no data sources")
+    return split_sources([SourceSpec.from_dict(d) for d in cfg.data.sources], data_root)[1]
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("model", nargs="?", type=Path, help="checkpoint .pt or bundle directory (default: the shipped model)")
-    ap.add_argument("--data", type=Path, default=Path("../shared/data/monuseg2018-train"))
-    ap.add_argument("--images", nargs="*", help="image file names in --data (default: the checkpoint's validation images)")
-    ap.add_argument("--out", type=Path, help="folder for per_image.csv, summary.json and crops.png")
+    ap.add_argument("models", nargs="*", type=Path, help="checkpoints .pt or bundle folders (default: the shipped model)")
+    ap.add_argument("--data", type=Path, default=Path("../shared/data"), help="data root (or folder of --images)")
+    ap.add_argument("--sources", type=Path, help="a training config whose named sources' validation split to use")
+    ap.add_argument("--images", nargs="*", help="image file names in --data (one lab, named after the folder)")
+    ap.add_argument("--out", type=Path, help="folder for per_image.csv, summary.json, tables.md, crops-<lab>.png")
     args = ap.parse_args(argv)
     from training.checkpoint import DEFAULT_CHECKPOINT
 
-    model = args.model or DEFAULT_CHECKPOINT
-    if not model.exists():
-        print(f"error: no model at {model}", file=sys.stderr)
+    models = args.models or [DEFAULT_CHECKPOINT]
+    missing = [str(m) for m in models if not m.exists()]
+    if missing:
+        print(f"error: no model at {', '.join(missing)}", file=sys.stderr)
         return 2
-    if args.images:
-        images = [args.data / n for n in args.images]
-    else:  # the validation images recorded in the checkpoint (a bundle carries its checkpoint.pt)
-        ckpt = model / "checkpoint.pt" if model.is_dir() else model
-        images = validation_images(ckpt, args.data) if ckpt.is_file() else []
-    missing = [p for p in images if not p.exists()]
-    if not images or missing:
-        print(f"error: no evaluation images found (missing: {[str(p) for p in missing]}; give --data and --images)", file=sys.stderr)
+    try:
+        if args.images:
+            items = [(args.data.name, args.data / n) for n in args.images]
+        elif args.sources:
+            items = source_items(args.sources, args.data)
+        else:
+            items = recorded_items(models[0], args.data)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
-    summary = evaluate(model, images, args.out)
-    print(format_table(summary))
+    absent = [str(p) for _, p in items if not p.is_file()]
+    if not items or absent:
+        print(f"error: no evaluation images found (missing: {absent}); give --data and --sources or --images", file=sys.stderr)
+        return 2
+    report = evaluate(models, items, args.out)
+    print(tables(report))
     if args.out:
-        print(f"wrote {args.out}/per_image.csv, summary.json, crops.png")
+        print(f"wrote {args.out}/per_image.csv, summary.json, tables.md, crops-<lab>.png")
     return 0
 
 

@@ -25,6 +25,7 @@ class LossWeights:
     adversarial: float = 0.0  # on the 40X output (the paper)
     feature_match: float = 0.0  # L1 between discriminator features of real and generated 40X
     consistency: float = 0.0  # L1 between the 40X output degraded back to 5X and the 5X input
+    spectrum: float = 0.0  # L1 between log amplitude spectra of generated and real 40X (phase-free texture term)
 
 
 def ssim_loss(sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
@@ -34,6 +35,14 @@ def ssim_loss(sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
 def fft_loss(sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
     """L1 between the 2-D spectra: penalises missing high frequencies that L1 averages away."""
     return (torch.fft.rfft2(sr, norm="ortho") - torch.fft.rfft2(hr, norm="ortho")).abs().mean()
+
+
+def spectrum_loss(sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
+    """L1 between log amplitude spectra, phase ignored: asks for the real amount of detail at
+    every frequency without asking for the exact pixels (which the 5X scan cannot tell)."""
+    a = torch.fft.rfft2(sr.float(), norm="ortho").abs()
+    b = torch.fft.rfft2(hr.float(), norm="ortho").abs()
+    return F.l1_loss(torch.log1p(255 * a), torch.log1p(255 * b))
 
 
 def degrade_torch(x: torch.Tensor, halvings: int) -> torch.Tensor:
@@ -95,6 +104,8 @@ class GeneratorLoss(torch.nn.Module):
                     _, real_feats = self.disc.features(targets[-1])
                 fm = sum(F.l1_loss(f, r) for f, r in zip(fake_feats, real_feats)) / len(fake_feats)
                 add("feature_match", fm, self.w.feature_match)
+        if self.w.spectrum:
+            add("spectrum", spectrum_loss(outputs[-1], targets[-1]), self.w.spectrum)
         if self.w.consistency:
             if lr5 is None:
                 raise ValueError("the consistency term needs the 5X input")

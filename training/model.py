@@ -236,15 +236,17 @@ class PatchDiscriminator(nn.Module):
     """The authors' "srgan-large" discriminator: a per-pixel two-layer head over a
     strided conv trunk, giving a logit map at 1/4 of the input resolution."""
 
-    def __init__(self, in_channels: int = 3):
+    def __init__(self, in_channels: int = 3, width: int = 64):
+        """``width`` 64 is the paper's (64 … 512 channels); smaller widths scale every layer."""
         super().__init__()
-        layers: list[nn.Module] = [conv3(in_channels, 64), nn.LeakyReLU(0.2, inplace=True)]
-        cin = 64
-        for cout, stride in zip((64, 128, 128, 256, 256, 512, 512), (2, 1, 2, 1, 1, 1, 1)):
+        w = lambda c: max(8, c * width // 64)
+        layers: list[nn.Module] = [conv3(in_channels, w(64)), nn.LeakyReLU(0.2, inplace=True)]
+        cin = w(64)
+        for cout, stride in zip(map(w, (64, 128, 128, 256, 256, 512, 512)), (2, 1, 2, 1, 1, 1, 1)):
             # Keras BatchNormalization(momentum=0.8) == PyTorch momentum 0.2
             layers += [conv3(cin, cout, stride), nn.LeakyReLU(0.2, inplace=True), nn.BatchNorm2d(cout, momentum=0.2)]
             cin = cout
-        layers += [nn.Conv2d(cin, 1024, 1), nn.LeakyReLU(0.2, inplace=True), nn.Conv2d(1024, 1, 1)]
+        layers += [nn.Conv2d(cin, w(1024), 1), nn.LeakyReLU(0.2, inplace=True), nn.Conv2d(w(1024), 1, 1)]
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,8 @@ from training.config import Config, ConfigError, load, to_dict
 from training.curves import plot_curves
 from training.data import BatchSampler, DataError, Dataset, SourceSpec, build_dataset, curriculum_threshold, load_rgb, scale_levels
 from training.losses import GeneratorLoss, discriminator_loss
-from training.metrics import SCALE_NAMES, bicubic_up, psnr, to_y
+from tileserver.degrade import degrade
+from training.metrics import SCALE_NAMES, band_power, bicubic_up, psnr, to_y
 from training.model import MultiScaleGenerator, PatchDiscriminator, VGGFeatures, VGGWeightsMissing, describe
 from training.upscale import torch_upscaler
 
@@ -45,7 +46,13 @@ def learning_rate(cfg: Config, step: int) -> float:
 def source_specs(cfg: Config, data_dir: Path) -> tuple[list[SourceSpec], Path]:
     """The named sources of ``cfg`` below ``data_dir``, or ``data_dir`` as one source."""
     if cfg.data.sources:
-        return [SourceSpec.from_dict(d) for d in cfg.data.sources], data_dir
+        specs = [SourceSpec.from_dict(d) for d in cfg.data.sources]
+        unknown = set(cfg.data.train_only) - {s.name for s in specs}
+        if unknown:
+            raise DataError(f"data.train_only names unknown sources {sorted(unknown)}")
+        if cfg.data.train_only:
+            specs = [dataclasses.replace(s, train=s.name in cfg.data.train_only) for s in specs]
+        return specs, data_dir
     data_dir = Path(data_dir)
     one = SourceSpec(name=data_dir.name, path=".", lab=data_dir.name, min_size=512,
                      val_patients=tuple(cfg.data.val_patients), val_count=0 if cfg.data.val_patients else cfg.data.val_count)
@@ -73,11 +80,20 @@ class ValidationSet:
             levels.append(scale_levels(img, jpeg_quality))
         return cls([p.name for _, p in items], [lab for lab, _ in items], levels)
 
-    def psnr_y_by_lab(self, upscale) -> dict[str, np.ndarray]:
-        """Mean PSNR-Y per scale (10X, 20X, 40X) for each lab; ``upscale`` maps 5X uint8 to the three outputs."""
+    def psnr_y_by_lab(self, upscale, extras: dict | None = None) -> dict[str, np.ndarray]:
+        """Mean PSNR-Y per scale (10X, 20X, 40X) for each lab; ``upscale`` maps 5X uint8 to the three
+        outputs. With ``extras``, also fills the mean 40X band-energy ratios and consistency (dB)."""
         per_lab: dict[str, list[list[float]]] = {}
+        bands, consistency = [], []
         for lab, lv in zip(self.labs, self.levels):
-            per_lab.setdefault(lab, []).append([psnr(to_y(out), to_y(lv[i + 1])) for i, out in enumerate(upscale(lv[0]))])
+            outs = upscale(lv[0])
+            per_lab.setdefault(lab, []).append([psnr(to_y(out), to_y(lv[i + 1])) for i, out in enumerate(outs)])
+            if extras is not None:
+                bands.append(band_power(outs[2]) / np.maximum(band_power(lv[3]), 1e-12))
+                consistency.append(psnr(degrade(outs[2], 8), lv[0], 255.0))
+        if extras is not None and bands:
+            extras.update({f"val_40X_band{b}": float(v) for b, v in enumerate(np.mean(bands, axis=0))},
+                          val_consistency=float(np.mean(consistency)))
         return {lab: np.mean(v, axis=0) for lab, v in per_lab.items()}
 
     def bicubic_psnr_y_by_lab(self) -> dict[str, np.ndarray]:
@@ -85,7 +101,7 @@ class ValidationSet:
 
 
 LOG_FIELDS = ["step", "epoch", "lr", "loss", "l1", "ssim", "fft", "perceptual", "adversarial", "feature_match",
-              "consistency", "d_loss", *[f"val_psnr_y_{s}" for s in SCALE_NAMES], "val_psnr_y_mean", "threshold", "seconds"]
+              "spectrum", "consistency", "d_loss", *[f"val_psnr_y_{s}" for s in SCALE_NAMES], "val_psnr_y_mean", *[f"val_40X_band{b}" for b in range(4)], "val_consistency", "threshold", "seconds"]
 
 
 class Trainer:
@@ -102,7 +118,7 @@ class Trainer:
         self.model = MultiScaleGenerator(cfg.model).to(dev)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas)
         vgg = VGGFeatures(cfg.loss.vgg_weights).to(dev) if cfg.loss.perceptual else None
-        self.disc = PatchDiscriminator().to(dev) if cfg.loss.adversarial or cfg.loss.feature_match else None
+        self.disc = PatchDiscriminator(width=cfg.loss.disc_width).to(dev) if cfg.loss.adversarial or cfg.loss.feature_match else None
         self.d_opt = torch.optim.Adam(self.disc.parameters(), lr=cfg.optim.d_lr, betas=cfg.optim.d_betas) if self.disc else None
         self.loss_fn = GeneratorLoss(cfg.loss, vgg, self.disc)
         self.step, self.best = 0, -float("inf")
@@ -145,16 +161,19 @@ class Trainer:
         self.step += 1
         return {"loss": loss.item(), **g_parts, **parts}
 
-    def validate(self) -> tuple[dict[str, np.ndarray], list[float]]:
-        """PSNR-Y per lab and scale, and the per-scale mean over the labs seen in training."""
+    def validate(self, extras: dict) -> tuple[dict[str, np.ndarray], list[float]]:
+        """PSNR-Y per lab and scale, and the per-scale mean over the labs seen in training;
+        ``extras`` receives the 40X band-energy ratios and the consistency with the input."""
         self.model.eval()
-        by_lab = self.val.psnr_y_by_lab(torch_upscaler(self.model)) if self.val.levels else {}
+        by_lab = self.val.psnr_y_by_lab(torch_upscaler(self.model), extras) if self.val.levels else {}
         seen = [by_lab[lab] for lab in self.data.seen_labs if lab in by_lab]
         return by_lab, list(np.mean(seen, axis=0)) if seen else [float("nan")] * 3
 
     def save(self, out_dir: Path, scores: list[float], meta: dict) -> None:
+        """last.pt always; best.pt when the seen-lab PSNR-Y improves (or every time with
+        ``run.select: last``, for models not chosen by PSNR such as the realistic one)."""
         mean = float(np.mean(scores))
-        if mean > self.best or not (out_dir / "best.pt").exists():
+        if mean > self.best or self.cfg.run.select == "last" or not (out_dir / "best.pt").exists():
             self.best = max(self.best, mean)
             checkpoint.save(out_dir / "best.pt", self.model, step=self.step, best_val=self.best, val_psnr_y=scores, **meta)
         checkpoint.save(out_dir / "last.pt", self.model, step=self.step, best_val=self.best, val_psnr_y=scores,
@@ -221,8 +240,9 @@ def train(cfg: Config, data_dir: Path, out_dir: Path, resume: Path | None = None
         bar.set_postfix(loss=f"{parts['loss']:.4f}", lr=f"{t.opt.param_groups[0]['lr']:.1e}")
         out_of_time = cfg.run.max_minutes is not None and time.monotonic() - start > 60 * cfg.run.max_minutes
         if t.step % cfg.run.steps_per_epoch == 0 or t.step == total or out_of_time:
-            by_lab, scores = t.validate()
-            row = {"step": t.step, "epoch": t.step / cfg.run.steps_per_epoch, "lr": t.opt.param_groups[0]["lr"],
+            extras: dict[str, float] = {}
+            by_lab, scores = t.validate(extras)
+            row = {**extras, "step": t.step, "epoch": t.step / cfg.run.steps_per_epoch, "lr": t.opt.param_groups[0]["lr"],
                    **{k: v / n for k, v in sums.items()}, **{f"val_psnr_y_{s}": v for s, v in zip(SCALE_NAMES, scores)},
                    "val_psnr_y_mean": float(np.mean(scores)), "threshold": threshold,
                    "seconds": round(time.monotonic() - start, 1),

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Ablation for the multi-lab model (issue 9): small runs that add one change at a time,
+# all on the lite architecture except the last, with the same sources, validation split,
+# schedule and step count; then one evaluation of every final checkpoint, per lab.
+#   bash training/ablation/run.sh [STEPS] [OUT]      (from the repository root, .venv built)
+set -euo pipefail
+STEPS=${1:-1200}
+OUT=${2:-runs/ablation}
+PY=${PY:-.venv/bin/python}
+CFG=training/configs/faithful.yaml
+LITE=(--set 'model.features=32' --set 'model.growth=16' --set 'model.blocks=1')
+NOAUG=(--set 'data.augment={}')
+COLOUR=(--set 'data.augment={hed: 0.05, brightness: 0.1, contrast: 0.1, saturation: 0.1}')
+COMMON=(--config "$CFG" --data ../shared/data --set "run.epochs=1" --set "run.steps_per_epoch=$STEPS")
+run() { local name=$1; shift; [ -f "$OUT/$name/best.pt" ] || "$PY" training/train.py "${COMMON[@]}" --out "$OUT/$name" "$@"; }
+run a-monuseg-only "${LITE[@]}" "${NOAUG[@]}" --set 'data.train_only=[monuseg]'
+run b-multilab "${LITE[@]}" "${NOAUG[@]}"
+run c-multilab-colour "${LITE[@]}" "${COLOUR[@]}"
+run d-multilab-colour-input "${LITE[@]}"
+run e-capacity "$@"
+"$PY" training/evaluate.py "$OUT"/{a-monuseg-only,b-multilab,c-multilab-colour,d-multilab-colour-input,e-capacity}/last.pt \
+    --sources "$CFG" --out "$OUT/evaluation"
