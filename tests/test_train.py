@@ -164,3 +164,17 @@ def test_realistic_losses_train_with_a_narrow_discriminator(tmp_path):
         assert float(row[k]) > 0, k
     state = checkpoint.load(out / "last.pt")
     assert state["discriminator"]["net.0.weight"].shape[0] == 8  # width 8 instead of the paper's 64
+
+
+def test_config_extends_a_base_file(tmp_path):
+    (tmp_path / "base.yaml").write_text("name: base\nmodel: {features: 12, growth: 6}\ndata: {batch: 3}\n")
+    (tmp_path / "child.yaml").write_text("extends: base.yaml\nname: child\nmodel: {growth: 4}\n")
+    cfg = load(tmp_path / "child.yaml", ["data.crop=8"])
+    assert (cfg.name, cfg.model.features, cfg.model.growth, cfg.data.batch, cfg.data.crop) == ("child", 12, 4, 3, 8)
+    (tmp_path / "loop.yaml").write_text("extends: loop.yaml\n")
+    with pytest.raises(ConfigError, match="extends itself"):
+        load(tmp_path / "loop.yaml")
+    realistic = load("training/configs/realistic.yaml")
+    faithful = load("training/configs/faithful.yaml")
+    assert realistic.model == faithful.model and realistic.data.sources == faithful.data.sources
+    assert realistic.loss.consistency > 0 and realistic.loss.adversarial > 0 and faithful.loss.adversarial == 0

@@ -128,13 +128,29 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), yaml.safe_load(raw)
 
 
+def merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """``top`` over ``base``, mappings merged key by key, everything else replaced."""
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file; ``extends: other.yaml`` (relative to it) is read first and overlaid."""
+    path = Path(path).resolve()
+    if path in seen:
+        raise ConfigError(f"config {path} extends itself")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"cannot read config {path}: {e}") from None
+    base = values.pop("extends", None)
+    return merge(read_yaml(path.parent / base, (*seen, path)), values) if base else values
+
+
 def load(path: str | Path | None, overrides: list[str] = ()) -> Config:
-    values: dict[str, Any] = {}
-    if path:
-        try:
-            values = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise ConfigError(f"cannot read config {path}: {e}") from None
+    values: dict[str, Any] = read_yaml(Path(path)) if path else {}
     for text in overrides:
         keys, value = parse_override(text)
         node = values
