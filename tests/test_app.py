@@ -88,7 +88,7 @@ def test_api_slides(client):
 
 
 def test_assume_mpp(bundle, slide_dir):
-    from tileserver.app import create_app
+    from tileserver.web.app import create_app
 
     app = create_app({"SLIDE_DIR": str(slide_dir), "MODEL": str(bundle), "DEVICE": "cpu", "ASSUME_MPP": 2.1})
     try:
@@ -133,7 +133,7 @@ def test_concurrent_requests_run_each_block_once(client, app):
 
 
 def test_caches_stay_within_budget(bundle, slide_dir):
-    from tileserver.app import create_app
+    from tileserver.web.app import create_app
 
     app = create_app({"SLIDE_DIR": str(slide_dir), "MODEL": str(bundle), "DEVICE": "cpu", "CACHE_MB": 1})
     svc = app.extensions["tileserver"]
@@ -152,7 +152,7 @@ def test_caches_stay_within_budget(bundle, slide_dir):
 
 
 def test_full_queue_answers_503(bundle, slide_dir):
-    from tileserver.app import create_app
+    from tileserver.web.app import create_app
 
     app = create_app({"SLIDE_DIR": str(slide_dir), "MODEL": str(bundle), "DEVICE": "cpu", "QUEUE_SIZE": 1})
     svc = app.extensions["tileserver"]

@@ -3,7 +3,7 @@ import shutil
 
 import pytest
 
-from tileserver.slides import Catalog, decide
+from tileserver.raster.catalog import Catalog, decide
 
 
 def test_decide():
@@ -33,8 +33,8 @@ def test_real_slides(wsi_dir, tmp_path):
 
 def test_ingested_slide_names_its_reference(wsi_dir, tmp_path, bundle):
     """`tileserver ingest` output pairs with its source in the API (skipped until ingest works)."""
-    from tileserver import cli
-    from tileserver.app import create_app
+    from tileserver.commands import cli
+    from tileserver.web.app import create_app
 
     shutil.copy(wsi_dir / "CMU-1-Small-Region.svs", tmp_path)
     try:
@@ -56,7 +56,7 @@ def test_ingested_slide_names_its_reference(wsi_dir, tmp_path, bundle):
 
 
 def test_serve_cli_errors(tmp_path, capsys):
-    from tileserver import cli
+    from tileserver.commands import cli
 
     assert cli.main(["serve", str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -5,7 +5,7 @@ import shutil
 import numpy as np
 import pytest
 
-from tileserver import engine as eng
+from tileserver.inference import engine as eng
 
 
 def test_manifest_fields(bundle):
@@ -111,7 +111,7 @@ def test_batched_blocks_equal_single_runs(bundle):
 
 
 def test_fallback_reported_by_the_api(bundle, slide_dir):
-    from tileserver.app import create_app
+    from tileserver.web.app import create_app
 
     app = create_app({"SLIDE_DIR": str(slide_dir), "MODEL": str(bundle), "DEVICE": "auto"})
     try:

@@ -1,7 +1,7 @@
 """Pure geometry, exact tuples."""
 import pytest
 
-from tileserver import geometry as g
+from tileserver.raster import geometry as g
 
 
 def test_dz_levels_match_openslide_halving():

@@ -20,7 +20,7 @@ VIEWER = Path(__file__).resolve().parents[1] / "viewer"
 
 @pytest.fixture()
 def served(bundle, slide_dir):
-    from tileserver.app import create_app
+    from tileserver.web.app import create_app
 
     for pkg in ("openseadragon", "mirador"):
         if not (VIEWER / "node_modules" / pkg).is_dir():

@@ -31,7 +31,7 @@ def big_slide_dir(tmp_path_factory, he5):
 
 @pytest.fixture()
 def big(bundle, big_slide_dir):
-    from tileserver.app import create_app
+    from tileserver.web.app import create_app
 
     app = create_app({"SLIDE_DIR": str(big_slide_dir), "MODEL": str(bundle), "DEVICE": "cpu", "THREADS": 1,
                       "CACHE_MB": 64})
@@ -68,7 +68,7 @@ def test_info_json_3(client, app, he5):
 
 
 def test_info_json_2_and_rights(bundle, slide_dir):
-    from tileserver.app import create_app
+    from tileserver.web.app import create_app
 
     app = create_app({"SLIDE_DIR": str(slide_dir), "MODEL": str(bundle), "DEVICE": "cpu",
                       "IIIF_RIGHTS": "http://creativecommons.org/licenses/by/4.0/"})
@@ -154,7 +154,7 @@ def test_escaped_identifier_is_decoded(client):
 
 
 def test_full_queue_answers_503(bundle, slide_dir):
-    from tileserver.app import create_app
+    from tileserver.web.app import create_app
 
     app = create_app({"SLIDE_DIR": str(slide_dir), "MODEL": str(bundle), "DEVICE": "cpu", "QUEUE_SIZE": 1})
     svc = app.extensions["tileserver"]
@@ -227,7 +227,7 @@ def test_whole_slide_at_40x_is_refused_before_the_model_runs(big, path):
 
 
 def test_budget_counts_only_blocks_not_yet_cached(bundle, slide_dir):
-    from tileserver.app import create_app
+    from tileserver.web.app import create_app
 
     app = create_app({"SLIDE_DIR": str(slide_dir), "MODEL": str(bundle), "DEVICE": "cpu", "IIIF_SYNTH_BUDGET": 0})
     svc = app.extensions["tileserver"]
@@ -244,7 +244,7 @@ def test_budget_counts_only_blocks_not_yet_cached(bundle, slide_dir):
 
 
 def test_aligned_tiles_fit_the_default_budget(app):
-    from tileserver import iiif
+    from tileserver.protocols import iiif
 
     svc = app.extensions["tileserver"]
     info, _ = svc.slide("he5x")

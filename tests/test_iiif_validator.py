@@ -22,7 +22,7 @@ def validator_script() -> Path:
 
 @pytest.fixture(scope="module")
 def served(bundle, tmp_path_factory):
-    from tileserver.app import create_app
+    from tileserver.web.app import create_app
 
     d = tmp_path_factory.mktemp("validator-slides")
     write_validator_slide(d)

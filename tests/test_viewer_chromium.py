@@ -19,7 +19,7 @@ VIEWER = Path(__file__).resolve().parents[1] / "viewer"
 def server(bundle, slide_dir):
     from waitress import create_server
 
-    from tileserver.app import create_app
+    from tileserver.web.app import create_app
 
     if not (VIEWER / "node_modules" / "openseadragon").is_dir():
         missing("OpenSeadragon not installed: run `npm ci` in viewer/")

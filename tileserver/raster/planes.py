@@ -17,9 +17,9 @@ from typing import Callable, Hashable, Iterable, Protocol, TypeVar
 import numpy as np
 from PIL import Image
 
-from tileserver import geometry as g
-from tileserver.cache import ByteLRU
-from tileserver.slides import StoredRaster
+from tileserver.raster import geometry as g
+from tileserver.raster.cache import ByteLRU
+from tileserver.raster.catalog import StoredRaster
 
 T = TypeVar("T")
 Stage = Callable[[np.ndarray], np.ndarray]  # (H, W, 3) uint8 → (2H, 2W, 3) uint8

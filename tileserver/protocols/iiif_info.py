@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from tileserver.iiif import FORMATS, QUALITIES, Limits, level_size
+from tileserver.protocols.iiif import FORMATS, QUALITIES, Limits, level_size
 
 CONTEXT = {"2": "http://iiif.io/api/image/2/context.json", "3": "http://iiif.io/api/image/3/context.json"}
 PROFILE = {"2": "http://iiif.io/api/image/2/level2.json", "3": "http://iiif.io/api/image/3/level2.json"}

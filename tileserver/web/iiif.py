@@ -22,13 +22,13 @@ from typing import Any
 from flask import Blueprint, Flask, Response, abort, current_app, redirect, request, send_from_directory
 from prometheus_client import Counter
 
-from tileserver import geometry as g
-from tileserver import iiif
-from tileserver.iiif_info import CONTEXT, PROFILE, ImageDescription, info_json, manifest, physdim_service, \
+from tileserver.raster import geometry as g
+from tileserver.protocols import iiif
+from tileserver.protocols.iiif_info import CONTEXT, PROFILE, ImageDescription, info_json, manifest, physdim_service, \
     sr_service, tile_exponent_limit
-from tileserver.iiif_render import encode, transform
-from tileserver.service import PLANE_NAMES, TileService, magnification
-from tileserver.slides import SlideInfo
+from tileserver.protocols.iiif_render import encode, transform
+from tileserver.raster.service import PLANE_NAMES, TileService, magnification
+from tileserver.raster.catalog import SlideInfo
 
 DEFAULTS: dict[str, Any] = {"IIIF_MAX_WIDTH": 8192, "IIIF_MAX_HEIGHT": 8192, "IIIF_MAX_AREA": 4096 * 4096,
                             "IIIF_SYNTH_BUDGET": 24, "IIIF_RIGHTS": None, "IIIF_BASE_URL": None}

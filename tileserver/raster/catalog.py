@@ -136,7 +136,7 @@ def read_mpp(props: Mapping[str, str]) -> float | None:
 
 def reference_name(props: Mapping[str, str]) -> str | None:
     """The source file recorded by ``tileserver ingest``, if any."""
-    from tileserver.provenance import read_provenance
+    from tileserver.ingest.provenance import read_provenance
 
     try:
         prov = read_provenance(props)

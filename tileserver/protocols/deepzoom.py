@@ -6,7 +6,7 @@ import dataclasses
 import re
 from xml.sax.saxutils import quoteattr
 
-from tileserver import geometry as g
+from tileserver.raster import geometry as g
 
 FORMATS = {"jpeg": "image/jpeg", "jpg": "image/jpeg", "png": "image/png"}
 MODES = ("sr", "bicubic")

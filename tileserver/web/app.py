@@ -15,13 +15,13 @@ from flask import Flask, Response, abort, jsonify, request, send_from_directory
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.exceptions import HTTPException
 
-from tileserver import deepzoom as dz
-from tileserver import iiif_http
-from tileserver.service import Settings, TileService
-from tileserver.workqueue import QueueFull
+from tileserver.protocols import deepzoom as dz
+from tileserver.web import iiif as iiif_http
+from tileserver.raster.service import Settings, TileService
+from tileserver.inference.queue import QueueFull
 
 log = logging.getLogger(__name__)
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEFAULTS: dict[str, Any] = {
     "SLIDE_DIR": "var/slides", "MODEL": None, "DEVICE": "auto", "THREADS": None, "CACHE_MB": 1024,
     "TILE_CACHE_FRACTION": 0.25, "TILE_SIZE": 254, "OVERLAP": 1, "JPEG_QUALITY": 90, "ASSUME_MPP": None,

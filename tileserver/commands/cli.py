@@ -19,15 +19,15 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--version", action="version", version=f"msr-tileserver {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
 
-    from tileserver import ingest
+    from tileserver.ingest import pipeline as ingest
 
     ingest.add_arguments(sub.add_parser("ingest", help="convert whole-slide images to stored 5X slides"))
 
-    from tileserver import demo
+    from tileserver.commands import demo
 
     demo.add_arguments(sub.add_parser("demo", help="prepare the demo slide (CMU-1-Small-Region) in a folder"))
 
-    from tileserver import serve
+    from tileserver.commands import serve
 
     serve.add_arguments(sub.add_parser("serve", help="serve a folder of slides over HTTP"))
     return ap

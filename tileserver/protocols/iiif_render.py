@@ -7,7 +7,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from tileserver.iiif import ReadPlan, Resolved
+from tileserver.protocols.iiif import ReadPlan, Resolved
 
 TRANSPARENT_FORMATS = {"png", "webp", "tif", "gif"}
 _QUARTER = {1: Image.Transpose.ROTATE_270, 2: Image.Transpose.ROTATE_180, 3: Image.Transpose.ROTATE_90}  # clockwise

@@ -14,13 +14,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from tileserver import deepzoom as dz
-from tileserver import geometry as g
-from tileserver.cache import ByteLRU
-from tileserver.engine import Bundle, Engine, load_bundle
-from tileserver.metrics import Metrics
-from tileserver.slides import Catalog, SlideInfo, StoredRaster
-from tileserver.synthesis import SingleFlight, SlideRasters
+from tileserver.protocols import deepzoom as dz
+from tileserver.raster import geometry as g
+from tileserver.raster.cache import ByteLRU
+from tileserver.inference.engine import Bundle, Engine, load_bundle
+from tileserver.web.metrics import Metrics
+from tileserver.raster.catalog import Catalog, SlideInfo, StoredRaster
+from tileserver.raster.planes import SingleFlight, SlideRasters
 
 log = logging.getLogger(__name__)
 SYNTH_PLANES = 3

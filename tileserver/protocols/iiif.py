@@ -16,7 +16,7 @@ import math
 import re
 from decimal import ROUND_HALF_UP, Decimal
 
-from tileserver.deepzoom import RequestError
+from tileserver.protocols.deepzoom import RequestError
 
 VERSIONS = ("2", "3")
 QUALITIES = ("default", "color", "gray", "bitonal")

@@ -11,7 +11,7 @@ import numpy as np
 import openslide
 from PIL import Image
 
-from tileserver.slidewriter import ASSOCIATED
+from tileserver.ingest.writer import ASSOCIATED
 
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 

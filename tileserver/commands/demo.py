@@ -1,4 +1,4 @@
-"""`tileserver demo DIR` (and `python -m tileserver.demo DIR`, run by `make serve`):
+"""`tileserver demo DIR` (and `python -m tileserver.commands.demo DIR`, run by `make serve`):
 prepare the demo slide in DIR.
 
 CMU-1-Small-Region.svs (Aperio, 20X, 0.499 µm/px; OpenSlide test data, CC0) is
@@ -22,8 +22,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tileserver.ingest import IngestError, IngestOptions, ingest_slide, summary_line
-from tileserver.registry_data import CMU_SMALL_REGION, RegistryDataError, default_cache, member_bytes
+from tileserver.ingest.pipeline import IngestError, IngestOptions, ingest_slide, summary_line
+from tileserver.ingest.registry_data import CMU_SMALL_REGION, RegistryDataError, default_cache, member_bytes
 
 NAME = "CMU-1-Small-Region.svs"
 
@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _usage_error(message: str) -> Exception:
-    from tileserver.cli import UsageError
+    from tileserver.commands.cli import UsageError
 
     return UsageError(message)
 
@@ -76,6 +76,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    from tileserver.cli import main
+    from tileserver.commands.cli import main
 
     sys.exit(main(["demo", *sys.argv[1:]]))

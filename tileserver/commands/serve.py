@@ -31,8 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tileserver.cli import UsageError
-    from tileserver.engine import BundleError
+    from tileserver.commands.cli import UsageError
+    from tileserver.inference.engine import BundleError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.slide_dir.is_dir():
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--synthesis-budget, --max-area and --max-side must be positive")
     from waitress import serve
 
-    from tileserver.app import create_app
+    from tileserver.web.app import create_app
 
     try:
         app = create_app({

@@ -3,9 +3,9 @@
 For each source: open it with OpenSlide (any format it reads), take its mpp (or
 ``--source-mpp``), pick the power-of-two factor that brings it to the target
 (5X = 2.0 µm/px), degrade level 0 region by region with the shared degradation
-(``tileserver.degrade`` via ``tileserver.streaming``, equal to degrading the
+(``tileserver.degrade`` via ``tileserver.ingest.streaming``, equal to degrading the
 whole image at once), and write a pyramidal JPEG TIFF in Aperio's layout
-(``tileserver.slidewriter``) with the provenance and the source's associated
+(``tileserver.ingest.writer``) with the provenance and the source's associated
 images. The file appears atomically (temp file in OUT_DIR, then rename); a
 failure leaves nothing behind. The source is only read.
 """
@@ -29,9 +29,9 @@ from tqdm import tqdm
 
 from tileserver import __version__
 from tileserver.degrade import DESCRIPTION
-from tileserver.provenance import Provenance, provenance_properties, read_provenance
-from tileserver.slidewriter import Pyramid, write_slide
-from tileserver.sourceslide import (
+from tileserver.ingest.provenance import Provenance, provenance_properties, read_provenance
+from tileserver.ingest.writer import Pyramid, write_slide
+from tileserver.ingest.source import (
     IngestError,
     associated_rgb,
     icc_profile,
@@ -40,7 +40,7 @@ from tileserver.sourceslide import (
     sha256_of,
     slide_mpp,
 )
-from tileserver.streaming import iter_bands, out_size
+from tileserver.ingest.streaming import iter_bands, out_size
 
 __all__ = ["IngestError", "IngestOptions", "IngestResult", "ingest_slide", "add_arguments", "run"]
 
@@ -276,7 +276,7 @@ def run(args: argparse.Namespace) -> int:
         force=args.force, workers=max(1, args.workers), progress=args.progress and sys.stderr.isatty(),
     )
     if args.out_dir.exists() and not args.out_dir.is_dir():
-        from tileserver.cli import UsageError
+        from tileserver.commands.cli import UsageError
 
         raise UsageError(f"{args.out_dir} is not a folder")
     failed, seen = 0, {}

@@ -28,7 +28,7 @@ import numpy as np
 import tifffile
 
 from tileserver.degrade import degrade
-from tileserver.streaming import BandReducer
+from tileserver.ingest.streaming import BandReducer
 
 TILE = 256
 LEVEL_STEP = 4  # downsample between pyramid levels
