@@ -39,7 +39,7 @@ system-deps:
 	fi
 
 demo: $(STAMP)
-	$(PY) -m tileserver.commands.demo $(STORE)
+	$(VENV)/bin/tileserver demo $(STORE)
 
 serve: demo $(VIEWER_DEPS)
 	$(VENV)/bin/tileserver serve $(STORE) --host $(HOST) --port $(PORT)

@@ -86,12 +86,12 @@ def checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def bundle(checkpoint, tmp_path_factory) -> Path:
-    import export_onnx
+    from training.export import export
 
     out = tmp_path_factory.mktemp("bundle") / "tiny"
     img = tmp_path_factory.mktemp("img") / "he40.png"
     Image.fromarray(real_he_40x()[0]).save(img)
-    export_onnx.export(checkpoint, out, [img], log=lambda *_: None)
+    export(checkpoint, out, [img], log=lambda *_: None)
     return out
 
 
@@ -115,9 +115,10 @@ def slide_dir(tmp_path_factory, he5, he40) -> Path:
 
 @pytest.fixture()
 def app(bundle, slide_dir):
+    from tileserver.settings import Settings
     from tileserver.web.app import create_app
 
-    app = create_app({"SLIDE_DIR": str(slide_dir), "MODEL": str(bundle), "DEVICE": "cpu", "THREADS": 1, "CACHE_MB": 64})
+    app = create_app(Settings(slide_dir=slide_dir, model=bundle, device="cpu", threads=1, cache_mb=64))
     yield app
     app.extensions["tileserver"].close()
 

@@ -34,6 +34,7 @@ def test_real_slides(wsi_dir, tmp_path):
 def test_ingested_slide_names_its_reference(wsi_dir, tmp_path, bundle):
     """`tileserver ingest` output pairs with its source in the API (skipped until ingest works)."""
     from tileserver.commands import cli
+    from tileserver.settings import Settings
     from tileserver.web.app import create_app
 
     shutil.copy(wsi_dir / "CMU-1-Small-Region.svs", tmp_path)
@@ -43,7 +44,7 @@ def test_ingested_slide_names_its_reference(wsi_dir, tmp_path, bundle):
         pytest.skip(f"ingest not available: {e!r}")
     if rc != 0:
         pytest.skip("ingest not available")
-    app = create_app({"SLIDE_DIR": str(tmp_path), "MODEL": str(bundle), "DEVICE": "cpu"})
+    app = create_app(Settings(slide_dir=tmp_path, model=bundle, device="cpu"))
     try:
         slides = {s["id"]: s for s in app.test_client().get("/api/slides").json["slides"]}
         stored = [s for s in slides.values() if s["synthesized"]]

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from iiif_support import Served
+from tileserver.web.deepzoom import pyramid
 from test_viewer_chromium import browser, missing  # noqa: F401  (the browser fixture; skip/fail policy)
 
 VIEWER = Path(__file__).resolve().parents[1] / "viewer"
@@ -20,22 +21,23 @@ VIEWER = Path(__file__).resolve().parents[1] / "viewer"
 
 @pytest.fixture()
 def served(bundle, slide_dir):
+    from tileserver.settings import Settings
     from tileserver.web.app import create_app
 
     for pkg in ("openseadragon", "mirador"):
         if not (VIEWER / "node_modules" / pkg).is_dir():
             missing(f"{pkg} not installed: run `npm ci` in viewer/")
-    s = Served(create_app({"SLIDE_DIR": str(slide_dir), "MODEL": str(bundle), "DEVICE": "cpu", "CACHE_MB": 64}))
+    s = Served(create_app(Settings(slide_dir=slide_dir, model=bundle, device="cpu", cache_mb=64)))
     yield s
     s.close()
 
 
-def iiif_images(svc, source: str) -> float:
-    return svc.metrics.registry.get_sample_value("tileserver_iiif_images_total", {"version": "3", "source": source}) or 0
+def iiif_images(metrics, source: str) -> float:
+    return metrics.registry.get_sample_value("tileserver_iiif_images_total", {"version": "3", "source": source}) or 0
 
 
 def test_openseadragon_iiif_tile_source_shows_40x(served, browser):
-    b, svc = browser, served.app.extensions["tileserver"]
+    b, svc, metrics = browser, served.app.extensions["tileserver"], served.app.extensions["metrics"]
     for domain in ("Runtime", "Log", "Page"):
         b.call(f"{domain}.enable")
     b.call("Page.navigate", url=served.url + "/view/he5x?protocol=iiif")
@@ -50,15 +52,15 @@ def test_openseadragon_iiif_tile_source_shows_40x(served, browser):
         assert time.monotonic() < deadline, "no 40X block was synthesized"
         time.sleep(0.1)
     b.wait_for("msrViewer.world.getItemAt(0).getFullyLoaded() && document.getElementById('loading').hidden", 60)
-    assert iiif_images(svc, "synthesized") > 0
-    assert svc.metrics.registry.get_sample_value("tileserver_tiles_total", {"level": str(svc.pyramid("he5x").top),
+    assert iiif_images(metrics, "synthesized") > 0
+    assert metrics.registry.get_sample_value("tileserver_tiles_total", {"level": str(pyramid(svc, "he5x").top),
                                                                            "kind": "synthesized"}) is None  # no Deep Zoom
     assert svc.bundle.model_id in b.evaluate("msrState()")["badge"]
     assert b.errors() == []
 
 
 def test_mirador_opens_the_manifest_and_shows_the_image(served, browser, tmp_path):
-    b, svc = browser, served.app.extensions["tileserver"]
+    b, svc, metrics = browser, served.app.extensions["tileserver"], served.app.extensions["metrics"]
     for domain in ("Runtime", "Log", "Page", "Network"):
         b.call(f"{domain}.enable")
     b.call("Page.navigate", url=served.url + "/mirador?slide=he5x")
@@ -83,7 +85,7 @@ def test_mirador_opens_the_manifest_and_shows_the_image(served, browser, tmp_pat
     seen = responses()
     assert seen[base + "manifest.json"] == 200 and seen[base + "info.json"] == 200
     assert all(seen[u] == 200 for u in tiles(seen)), seen
-    assert iiif_images(svc, "stored") + iiif_images(svc, "synthesized") >= len(tiles(seen))
+    assert iiif_images(metrics, "stored") + iiif_images(metrics, "synthesized") >= len(tiles(seen))
     # the canvas shows tissue, not an empty viewer: textured pixels where OpenSeadragon draws
     rect = b.evaluate("(() => { const r = document.querySelector('.openseadragon-canvas').getBoundingClientRect();"
                       " return [r.left, r.top, r.width, r.height]; })()")

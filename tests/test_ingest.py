@@ -16,15 +16,14 @@ import openslide
 import pytest
 import tifffile
 
-from tileserver.commands import demo
-from tileserver.ingest import pipeline as ingest
-from tileserver.ingest import writer as slidewriter
-from tileserver.ingest import streaming
+from synthetic import tissue, write_pattern_slide, write_periodic_slide
 from tileserver.commands.cli import main
 from tileserver.degrade import degrade, halve
+from tileserver.ingest import pipeline as ingest
+from tileserver.ingest import streaming
+from tileserver.ingest import writer as slidewriter
 from tileserver.ingest.provenance import Provenance, provenance_properties, read_provenance
 from tileserver.ingest.registry_data import CMU_SMALL_REGION
-from synthetic import tissue, write_pattern_slide, write_periodic_slide
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"

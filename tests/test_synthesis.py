@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tileserver.raster.cache import ByteLRU
-from tileserver.raster.catalog import ImageRaster, OpenSlideRaster
+from tileserver.raster.stored import ImageRaster, OpenSlideRaster
 from tileserver.raster.planes import BicubicPlane, SingleFlight, StoredPlane, SynthesizedPlane, read_padded
 
 

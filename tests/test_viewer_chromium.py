@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from cdp import Browser, chromium_binary
+from tileserver.web.deepzoom import pyramid
 
 VIEWER = Path(__file__).resolve().parents[1] / "viewer"
 
@@ -19,15 +20,16 @@ VIEWER = Path(__file__).resolve().parents[1] / "viewer"
 def server(bundle, slide_dir):
     from waitress import create_server
 
+    from tileserver.settings import Settings
     from tileserver.web.app import create_app
 
     if not (VIEWER / "node_modules" / "openseadragon").is_dir():
         missing("OpenSeadragon not installed: run `npm ci` in viewer/")
-    app = create_app({"SLIDE_DIR": str(slide_dir), "MODEL": str(bundle), "DEVICE": "cpu", "CACHE_MB": 64})
+    app = create_app(Settings(slide_dir=slide_dir, model=bundle, device="cpu", cache_mb=64))
     srv = create_server(app, host="127.0.0.1", port=0, threads=6)
     t = threading.Thread(target=srv.run, daemon=True)
     t.start()
-    yield f"http://127.0.0.1:{srv.effective_port}", app.extensions["tileserver"]
+    yield f"http://127.0.0.1:{srv.effective_port}", app.extensions["tileserver"], app.extensions["metrics"]
     srv.close()
     app.extensions["tileserver"].close()
 
@@ -48,7 +50,7 @@ def browser(tmp_path):
 
 
 def test_viewer_zooms_to_40x_with_badge_and_bicubic_switch(server, browser, tmp_path):
-    url, svc = server
+    url, svc, metrics = server
     b = browser
     for domain in ("Runtime", "Log", "Page"):
         b.call(f"{domain}.enable")
@@ -77,14 +79,14 @@ def test_viewer_zooms_to_40x_with_badge_and_bicubic_switch(server, browser, tmp_
     if os.environ.get("VIEWER_SCREENSHOT"):
         shutil.copy(tmp_path / "viewer-40x.png", os.environ["VIEWER_SCREENSHOT"])
 
-    before = svc.metrics.tiles.labels(level=str(svc.pyramid("he5x").top), kind="bicubic")._value.get()
+    before = metrics.tiles.labels(level=str(pyramid(svc, "he5x").top), kind="bicubic")._value.get()
     b.key("b")
     b.wait_for("msrState().mode === 'bicubic'")
     b.wait_for("msrViewer.world.getItemCount() === 1 && msrViewer.world.getItemAt(0).source.tilesUrl.includes('/dzi-bicubic/')")
     b.wait_for("msrViewer.world.getItemAt(0).getFullyLoaded()", 60)
     assert "Bicubic" in b.evaluate("msrState()")["badge"]
     b.wait_for("Math.abs(msrState().mag - 40) < 0.5")  # the switch keeps the place and magnification
-    assert svc.metrics.tiles.labels(level=str(svc.pyramid("he5x").top), kind="bicubic")._value.get() > before
+    assert metrics.tiles.labels(level=str(pyramid(svc, "he5x").top), kind="bicubic")._value.get() > before
     b.key("b")
     b.wait_for("msrState().mode === 'sr'")
     b.wait_for("msrViewer.world.getItemCount() === 1 && !msrViewer.world.getItemAt(0).source.tilesUrl.includes('bicubic')")

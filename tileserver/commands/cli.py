@@ -8,28 +8,20 @@ import argparse
 import sys
 
 from tileserver import __version__
-
-
-class UsageError(Exception):
-    """A problem with the user's input: printed as one line, exit status 2."""
+from tileserver.commands import demo, ingest, serve
+from tileserver.errors import UsageError
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="tileserver", description="Store slides at 5X, view them at 40X.")
     ap.add_argument("--version", action="version", version=f"msr-tileserver {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
-
-    from tileserver.ingest import pipeline as ingest
-
-    ingest.add_arguments(sub.add_parser("ingest", help="convert whole-slide images to stored 5X slides"))
-
-    from tileserver.commands import demo
-
-    demo.add_arguments(sub.add_parser("demo", help="prepare the demo slide (CMU-1-Small-Region) in a folder"))
-
-    from tileserver.commands import serve
-
-    serve.add_arguments(sub.add_parser("serve", help="serve a folder of slides over HTTP"))
+    ingest.add_arguments(sub.add_parser("ingest", help="convert whole-slide images to stored 5X slides",
+                                        description="Convert whole-slide images to stored 5X slides."))
+    demo.add_arguments(sub.add_parser("demo", help="prepare the demo slide (CMU-1-Small-Region) in a folder",
+                                      description="Prepare the demo slide (CMU-1-Small-Region) in a folder."))
+    serve.add_arguments(sub.add_parser("serve", help="serve a folder of slides over HTTP",
+                                       description="Serve a folder of slides over HTTP (Deep Zoom, IIIF, the viewer)."))
     return ap
 
 

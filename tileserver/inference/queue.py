@@ -24,7 +24,7 @@ class QueueFull(RuntimeError):
 
 
 class WorkQueue:
-    """``run(key, payload)`` → ``run_batch(key, [payload, …])[i]``; ``run_call(fn)`` runs ``fn`` alone."""
+    """``run(key, payload)`` → ``run_batch(key, [payload, …])[i]``; a job with key None is a callable, run alone."""
 
     def __init__(self, name: str, run_batch: RunBatch | None = None, maxsize: int = 32, max_batch: int = 1):
         if maxsize < 1 or max_batch < 1:
@@ -57,9 +57,6 @@ class WorkQueue:
     def run(self, key: Hashable, payload: Any) -> Any:
         """Submit and wait for the result (re-raising the job's exception)."""
         return self.submit(key, payload).result()
-
-    def run_call(self, fn: Callable[[], Any]) -> Any:
-        return self.submit(None, fn).result()
 
     def _take(self) -> tuple[Hashable, list[tuple[Any, Future]]] | None:
         with self._cv:

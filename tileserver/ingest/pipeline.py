@@ -1,4 +1,5 @@
-"""`tileserver ingest`: turn a 40X or 20X whole-slide image into the stored 5X slide.
+"""Ingest: turn a 40X or 20X whole-slide image into the stored 5X slide (the command is
+``tileserver.commands.ingest``).
 
 For each source: open it with OpenSlide (any format it reads), take its mpp (or
 ``--source-mpp``), pick the power-of-two factor that brings it to the target
@@ -11,7 +12,6 @@ failure leaves nothing behind. The source is only read.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import errno
@@ -19,30 +19,28 @@ import functools
 import math
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
-from typing import Callable
 
 import openslide
 from tqdm import tqdm
 
 from tileserver import __version__
 from tileserver.degrade import DESCRIPTION
+from tileserver.files import sha256_file, write_atomically
 from tileserver.ingest.provenance import Provenance, provenance_properties, read_provenance
-from tileserver.ingest.writer import Pyramid, write_slide
+from tileserver.ingest.writer import LevelBuilder, write_slide
 from tileserver.ingest.source import (
     IngestError,
     associated_rgb,
     icc_profile,
     open_source,
     region_reader,
-    sha256_of,
     slide_mpp,
 )
 from tileserver.ingest.streaming import iter_bands, out_size
 
-__all__ = ["IngestError", "IngestOptions", "IngestResult", "ingest_slide", "add_arguments", "run"]
+__all__ = ["IngestError", "IngestOptions", "IngestResult", "ingest_slide"]
 
 SOFTWARE = f"msr-tileserver {__version__}"
 MAX_LOG2_MISMATCH = 0.25  # accept target/source ratios within ×0.84…×1.19 of a power of two
@@ -138,31 +136,6 @@ def _existing_provenance(path: Path) -> Provenance | None:
         return None
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomically(out: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(temp_path)`` for a temp file beside ``out``, then rename it to ``out``;
-    on any failure (or Ctrl-C) the temp file is removed and ``out`` is untouched."""
-    fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        _fsync(tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync(out.parent)
-
-
 def ingest_slide(source: Path, out_dir: Path, opts: IngestOptions = IngestOptions()) -> IngestResult:
     """Ingest one source into ``out_dir``; raises IngestError (one line) on bad input."""
     start = time.perf_counter()
@@ -175,7 +148,7 @@ def ingest_slide(source: Path, out_dir: Path, opts: IngestOptions = IngestOption
         size = slide.dimensions
         power = objective_power(slide, factor, mpp * factor, opts.source_mpp is None)
         prov = Provenance(
-            source=source.name, source_sha256=sha256_of(source), source_mpp=mpp, target_mpp=opts.target_mpp,
+            source=source.name, source_sha256=sha256_file(source), source_mpp=mpp, target_mpp=opts.target_mpp,
             degradation=degradation_text(factor, opts.quality), software=SOFTWARE, factor=factor,
         )
         result = functools.partial(
@@ -189,16 +162,16 @@ def ingest_slide(source: Path, out_dir: Path, opts: IngestOptions = IngestOption
                 raise IngestError(f"{out} exists and was not made from this source with these settings; use --force to replace it")
             if not stale:
                 return result(skipped=True, output_bytes=out.stat().st_size, seconds=time.perf_counter() - start)
-        out_dir.mkdir(parents=True, exist_ok=True)
         write = functools.partial(_write, slide=slide, size=size, factor=factor, mpp=mpp * factor, power=power, prov=prov, opts=opts)
         try:
-            _write_atomically(out, write)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            write_atomically(out, write)
         except openslide.OpenSlideError as e:
             raise IngestError(f"corrupt or unreadable slide data: {e}") from None
         except OSError as e:
             if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
                 raise IngestError(f"{os.strerror(e.errno)} while writing to {out_dir}; nothing was written") from None
-            raise
+            raise IngestError(f"cannot write {out}: {e.strerror or e}") from None
     return result(skipped=False, output_bytes=out.stat().st_size, seconds=time.perf_counter() - start)
 
 
@@ -208,7 +181,7 @@ def _write(
 ) -> None:
     """Stream ``slide`` degraded ×1/``factor`` into a stored slide at ``tmp``."""
     out_wh = out_size(size, factor)
-    pyramid = Pyramid(out_wh)
+    levels = LevelBuilder(out_wh)
     extra = {"TileServer.SourceMPPFrom": "--source-mpp" if opts.source_mpp is not None else "slide"}
     associated, icc = associated_rgb(slide), icc_profile(slide)
     with tqdm(total=size[0] * size[1], unit="px", unit_scale=True, desc=prov.source, disable=not opts.progress,
@@ -217,80 +190,8 @@ def _write(
         with contextlib.closing(bands):  # on failure, join the reading threads before the slide closes
             write_slide(
                 tmp, size=out_wh, mpp=mpp, objective_power=power, quality=opts.quality,
-                pairs={**provenance_properties(prov), **extra}, bands=pyramid.feed(bands),
-                lower_levels=lambda: pyramid.lower_levels, thumbnail=pyramid.thumbnail,
+                pairs={**provenance_properties(prov), **extra}, bands=levels.feed(bands),
+                lower_levels=lambda: levels.lower_levels, thumbnail=levels.thumbnail,
                 associated=associated, software=SOFTWARE, icc_profile=icc,
             )
 
-
-# ---- command line ---------------------------------------------------------------------------
-
-
-def _positive(text: str) -> float:
-    value = float(text)
-    if not value > 0 or not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
-    return value
-
-
-def _quality(text: str) -> int:
-    value = int(text)
-    if not 1 <= value <= 100:
-        raise argparse.ArgumentTypeError(f"must be 1..100, not {text}")
-    return value
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("sources", nargs="+", type=Path, metavar="SRC", help="whole-slide images (any format OpenSlide reads)")
-    p.add_argument("-o", "--out-dir", required=True, type=Path, help="folder for the stored slides")
-    target = p.add_mutually_exclusive_group()
-    target.add_argument("--magnification", type=_positive, default=5.0, help="target magnification (default 5: 2.0 µm/px)")
-    target.add_argument("--target-mpp", type=_positive, help="target µm per pixel, instead of --magnification")
-    p.add_argument("--quality", type=_quality, default=90, help="JPEG quality of the stored tiles (default 90)")
-    p.add_argument("--source-mpp", type=_positive, help="µm per pixel of the source, for slides that lack it or get it wrong")
-    p.add_argument("--force", action="store_true", help="redo slides that are already up to date, replace others")
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="threads reading and degrading")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    p.set_defaults(func=run)
-
-
-def _mb(n: int) -> str:
-    return f"{n / 1e6:.2f} MB"
-
-
-def summary_line(r: IngestResult, target_mpp: float) -> str:
-    label = magnification_label(target_mpp).upper()
-    if r.skipped:
-        return f"{r.source.name}: up to date ({r.output.name}, same source and settings); --force to redo"
-    ratio = r.source_bytes / r.output_bytes
-    return (
-        f"{r.source.name} -> {r.output.name}: source {_mb(r.source_bytes)}, {label} {_mb(r.output_bytes)}, "
-        f"ratio 1/{ratio:.1f} ({100 / ratio:.1f}%), {r.seconds:.1f} s ({r.megapixels_per_second:.1f} MP/s), "
-        f"{r.mpp:.4g} µm/px, {r.objective_power:g}X"
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    opts = IngestOptions(
-        target_mpp=args.target_mpp or 10.0 / args.magnification, quality=args.quality, source_mpp=args.source_mpp,
-        force=args.force, workers=max(1, args.workers), progress=args.progress and sys.stderr.isatty(),
-    )
-    if args.out_dir.exists() and not args.out_dir.is_dir():
-        from tileserver.commands.cli import UsageError
-
-        raise UsageError(f"{args.out_dir} is not a folder")
-    failed, seen = 0, {}
-    for src in args.sources:
-        out = output_path(src, args.out_dir, opts.target_mpp)
-        try:
-            if out in seen:
-                raise IngestError(f"same output name {out.name} as {seen[out]} in this batch; rename one")
-            seen[out] = src
-            print(summary_line(ingest_slide(src, args.out_dir, opts), opts.target_mpp), flush=True)
-        except (IngestError, OSError) as e:
-            failed += 1
-            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-            print(f"tileserver ingest: error: {src}: {reason}", file=sys.stderr, flush=True)
-    if failed and len(args.sources) > 1:
-        print(f"tileserver ingest: {failed} of {len(args.sources)} sources failed", file=sys.stderr)
-    return 2 if failed else 0

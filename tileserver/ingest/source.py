@@ -2,8 +2,6 @@
 its mpp, its level-0 pixels as RGB, its associated images and its hash."""
 from __future__ import annotations
 
-import functools
-import hashlib
 from pathlib import Path
 from typing import Callable
 
@@ -60,14 +58,6 @@ def region_reader(slide: openslide.OpenSlide) -> Callable[[int, int, int, int], 
     return read
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(functools.partial(f.read, 1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def open_source(path: Path) -> openslide.OpenSlide:
     """Open ``path`` with OpenSlide, or raise IngestError saying why not."""
     if not path.exists():
@@ -89,8 +79,6 @@ def open_source(path: Path) -> openslide.OpenSlide:
         ) from None
     except openslide.OpenSlideError as e:
         raise IngestError(f"corrupt or unreadable slide: {e}") from None
-
-
 
 
 def associated_rgb(slide: openslide.OpenSlide) -> dict[str, np.ndarray]:

@@ -151,7 +151,7 @@ def write_slide(
                 _strips(tw, img, desc_a, subfiletype, name == "label", quality)
 
 
-class Pyramid:
+class LevelBuilder:
     """Collects the lower levels (×4 apart) and a thumbnail while the base streams by."""
 
     def __init__(self, size: tuple[int, int]):

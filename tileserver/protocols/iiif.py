@@ -16,7 +16,7 @@ import math
 import re
 from decimal import ROUND_HALF_UP, Decimal
 
-from tileserver.protocols.deepzoom import RequestError
+from tileserver.errors import RequestError
 
 VERSIONS = ("2", "3")
 QUALITIES = ("default", "color", "gray", "bitonal")
@@ -33,11 +33,11 @@ _QF = re.compile(r"([a-z]+)\.([A-Za-z0-9]{1,8})")
 
 
 class IIIFError(RequestError):
-    """A request refused with an HTTP status, naming the parameter at fault."""
+    """A request refused with the status the IIIF specification gives it, naming the parameter at fault."""
 
     def __init__(self, status: int, reason: str, parameter: str | None = None):
-        super().__init__(status, f"{parameter}: {reason}" if parameter else reason)
-        self.parameter = parameter
+        super().__init__(reason, parameter)
+        self.status = status
 
 
 def num(d: Decimal) -> str:
@@ -52,7 +52,7 @@ def round_half_up(d: Decimal) -> int:
 
 # -- values --------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
-class Region:
+class RegionSpec:
     kind: str  # "full", "square", "px" or "pct"
     values: tuple[Decimal, ...] = ()
 
@@ -64,7 +64,7 @@ class Region:
 
 
 @dataclasses.dataclass(frozen=True)
-class Size:
+class SizeSpec:
     kind: str  # "max", "full" (2.x), "w," ",h" "w,h" "!w,h" or "pct"
     w: int | None = None
     h: int | None = None
@@ -83,7 +83,7 @@ class Size:
 
 
 @dataclasses.dataclass(frozen=True)
-class Rotation:
+class RotationSpec:
     degrees: Decimal
     mirror: bool = False
 
@@ -100,9 +100,9 @@ class Rotation:
 @dataclasses.dataclass(frozen=True)
 class ImageRequest:
     version: str  # "2" or "3"
-    region: Region
-    size: Size
-    rotation: Rotation
+    region: RegionSpec
+    size: SizeSpec
+    rotation: RotationSpec
     quality: str
     format: str
 
@@ -138,9 +138,9 @@ def _version(version: str) -> str:
     return version
 
 
-def parse_region(text: str) -> Region:
+def parse_region(text: str) -> RegionSpec:
     if text in ("full", "square"):
-        return Region(text)
+        return RegionSpec(text)
     m = _REGION_PX.fullmatch(text) or _REGION_PCT.fullmatch(text)
     if not m:
         raise IIIFError(400, f"malformed region {text!r} (full, square, x,y,w,h or pct:x,y,w,h)", "region")
@@ -148,35 +148,35 @@ def parse_region(text: str) -> Region:
     values = tuple(Decimal(g) for g in m.groups())
     if kind == "pct" and any(v > 100 for v in values):
         raise IIIFError(400, f"percentages above 100 in {text!r}", "region")
-    return Region(kind, values)
+    return RegionSpec(kind, values)
 
 
-def parse_size(text: str, version: str) -> Size:
+def parse_size(text: str, version: str) -> SizeSpec:
     version = _version(version)
     upscale = version == "3" and text.startswith("^")
     body = text[1:] if upscale else text
     if body == "max" or (body == "full" and version == "2"):
-        return Size(body, upscale=upscale)
+        return SizeSpec(body, upscale=upscale)
     if body == "full":
         raise IIIFError(400, "size 'full' was replaced by 'max' in IIIF 3.0", "size")
     m = _SIZE_PCT.fullmatch(body)
     if m:
-        return Size("pct", pct=Decimal(m.group(1)), upscale=upscale)
+        return SizeSpec("pct", pct=Decimal(m.group(1)), upscale=upscale)
     m = _SIZE_WH.fullmatch(body)
     if m and (m.group(2) or m.group(3)) and not (m.group(1) and not (m.group(2) and m.group(3))):
         bang, w, h = m.groups()
         kind = "!w,h" if bang else "w,h" if w and h else "w," if w else ",h"
-        return Size(kind, int(w) if w else None, int(h) if h else None, upscale=upscale)
+        return SizeSpec(kind, int(w) if w else None, int(h) if h else None, upscale=upscale)
     forms = "max, w,, ,h, w,h, !w,h, pct:n (each with ^ to allow upscaling)" if version == "3" else \
         "full, max, w,, ,h, w,h, !w,h, pct:n"
     raise IIIFError(400, f"malformed size {text!r} ({forms})", "size")
 
 
-def parse_rotation(text: str) -> Rotation:
+def parse_rotation(text: str) -> RotationSpec:
     m = _ROTATION.fullmatch(text)
     if not m or Decimal(m.group(2)) > 360:
         raise IIIFError(400, f"malformed rotation {text!r} (0 to 360, ! to mirror)", "rotation")
-    return Rotation(Decimal(m.group(2)), bool(m.group(1)))
+    return RotationSpec(Decimal(m.group(2)), bool(m.group(1)))
 
 
 def parse_quality_format(text: str) -> tuple[str, str]:
@@ -244,7 +244,7 @@ def _scaled_w(rw: int, rh: int, h: int) -> int:
     return round_half_up(Decimal(rw) * h / rh)
 
 
-def resolve_region(region: Region, width: int, height: int) -> tuple[int, int, int, int]:
+def resolve_region(region: RegionSpec, width: int, height: int) -> tuple[int, int, int, int]:
     if region.kind == "full":
         return 0, 0, width, height
     if region.kind == "square":
@@ -263,7 +263,7 @@ def resolve_region(region: Region, width: int, height: int) -> tuple[int, int, i
     return x, y, min(w, width - x), min(h, height - y)
 
 
-def resolve_size(size: Size, version: str, rw: int, rh: int, limits: Limits) -> tuple[int, int]:
+def resolve_size(size: SizeSpec, version: str, rw: int, rh: int, limits: Limits) -> tuple[int, int]:
     """Output size for a rw×rh region. 3.0: upscaling only with ^ (the validator also holds ``!w,h`` to this);
     2.x allows it (sizeAboveFull). Always within the limits, else 400."""
     up = size.upscale or version == "2"

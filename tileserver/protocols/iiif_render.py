@@ -1,8 +1,7 @@
 """Apply a resolved IIIF request to pixels read at the planned scale: resample,
-mirror, rotate, quality, encode (Pillow). The only IIIF module that touches pixels."""
+mirror, rotate, quality (Pillow). The only IIIF module that touches pixels; the
+tile service encodes the result."""
 from __future__ import annotations
-
-import io
 
 import numpy as np
 from PIL import Image
@@ -11,7 +10,6 @@ from tileserver.protocols.iiif import ReadPlan, Resolved
 
 TRANSPARENT_FORMATS = {"png", "webp", "tif", "gif"}
 _QUARTER = {1: Image.Transpose.ROTATE_270, 2: Image.Transpose.ROTATE_180, 3: Image.Transpose.ROTATE_90}  # clockwise
-_PIL_FORMAT = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP", "tif": "TIFF", "gif": "GIF"}
 
 
 def transform(pixels: np.ndarray, plan: ReadPlan, res: Resolved) -> Image.Image:
@@ -41,17 +39,3 @@ def transform(pixels: np.ndarray, plan: ReadPlan, res: Resolved) -> Image.Image:
             im = Image.merge(im.mode, bands)
     return im
 
-
-def encode(im: Image.Image, fmt: str, jpeg_quality: int) -> bytes:
-    buf = io.BytesIO()
-    kwargs: dict = {}
-    if fmt == "jpg":
-        kwargs = {"quality": jpeg_quality}
-    elif fmt == "webp":
-        kwargs = {"quality": jpeg_quality, "method": 4}
-    elif fmt == "png":
-        kwargs = {"compress_level": 3}
-    elif fmt == "tif":
-        kwargs = {"compression": "tiff_deflate"}
-    im.save(buf, format=_PIL_FORMAT[fmt], **kwargs)
-    return buf.getvalue()

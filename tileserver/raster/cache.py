@@ -1,8 +1,10 @@
-"""Thread-safe byte-bounded LRU over ``cachetools.LRUCache``, with counters."""
+"""Caches of blocks and encoded tiles, behind one small interface (``Cache``): the
+in-process ``ByteLRU`` (thread-safe, byte-bounded, with counters) is the first
+tier; another tier (e.g. Redis behind it) implements the same five members."""
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Hashable
+from typing import Any, Callable, Hashable, Protocol
 
 import cachetools
 import numpy as np
@@ -17,6 +19,24 @@ def nbytes(value: Any) -> int:
     if isinstance(value, tuple):
         return sum(nbytes(v) for v in value)
     return 1024
+
+
+class Cache(Protocol):
+    """What the rasters and the tile service need of a cache."""
+
+    name: str
+    max_bytes: int
+
+    def get(self, key: Hashable, count: bool = True) -> Any | None:
+        """The value, or None; ``count=False`` leaves the hit/miss counters alone."""
+
+    def put(self, key: Hashable, value: Any) -> None: ...
+
+    def contains(self, key: Hashable) -> bool:
+        """Whether ``key`` is held, without counting or refreshing it."""
+
+    def stats(self) -> dict[str, int]:
+        """hits, misses, evictions, rejected, entries, bytes, max_bytes."""
 
 
 class _Counting(cachetools.LRUCache):
@@ -68,10 +88,6 @@ class ByteLRU:
             return
         with self._lock:
             self._cache[key] = value
-
-    def clear(self) -> None:
-        with self._lock:
-            self._cache.clear()
 
     @property
     def current_bytes(self) -> int:

@@ -18,20 +18,6 @@ Size = tuple[int, int]
 Region = tuple[int, int, int, int]  # x, y, w, h
 
 
-def x_up(x: int, planes: int) -> int:
-    """A coordinate on a plane ``planes`` steps up (×2 each): e.g. x40 = x_up(x5, 3)."""
-    return x << planes
-
-
-def x40_from_x5(x5: int) -> int:
-    return x_up(x5, 3)
-
-
-def x5_from_x40(x40: int) -> int:
-    """Floor of a 40X coordinate on the 5X plane."""
-    return x40 >> 3
-
-
 def plane_size(stored: Size, plane: int) -> Size:
     return stored[0] << plane, stored[1] << plane
 
@@ -108,6 +94,11 @@ def containing_block(start: int, end: int, stride: int, margin: int, size: int) 
 
 def clip_span(start: int, end: int, size: int) -> tuple[int, int]:
     return max(0, start), min(size, end)
+
+
+def block_input_side(stride: int, margin: int, halo: int) -> int:
+    """Side of the fixed input window of every block (``block_window``'s length): one shape per stage."""
+    return (stride + 2 * margin) // 2 + 2 * halo
 
 
 def block_stride(tile_size: int) -> int:

@@ -18,8 +18,8 @@ import numpy as np
 from PIL import Image
 
 from tileserver.raster import geometry as g
-from tileserver.raster.cache import ByteLRU
-from tileserver.raster.catalog import StoredRaster
+from tileserver.raster.cache import Cache
+from tileserver.raster.stored import StoredRaster
 
 T = TypeVar("T")
 Stage = Callable[[np.ndarray], np.ndarray]  # (H, W, 3) uint8 → (2H, 2W, 3) uint8
@@ -109,18 +109,13 @@ class SynthesizedPlane:
     """Plane ``index`` (≥ 1) made by one stage from the plane below, block by block."""
 
     def __init__(self, key: Hashable, index: int, below: Plane, stage: Stage, stride: int, margin: int, halo: int,
-                 cache: ByteLRU, flights: SingleFlight):
+                 cache: Cache, flights: SingleFlight):
         if stride % 2 or margin % 2 or stride < 2:
             raise ValueError("block stride and margin must be even")
         self.key, self.index, self.below, self.stage = key, index, below, stage
         self.stride, self.margin, self.halo = stride, margin, halo
         self.size = (below.size[0] * 2, below.size[1] * 2)
         self.cache, self.flights = cache, flights
-
-    def block_shape(self) -> tuple[int, int]:
-        """The fixed input shape (H, W) every block of this plane feeds to the stage."""
-        side = (self.stride + 2 * self.margin) // 2 + 2 * self.halo
-        return side, side
 
     def block(self, bx: int, by: int) -> Block:
         key = (self.key, self.index, bx, by)
@@ -204,10 +199,10 @@ class BicubicPlane:
 
 
 class SlideRasters:
-    """Planes 0..3 of one synthesized slide, model and bicubic."""
+    """Planes 0..n of one synthesized slide (n = the number of stages), model and bicubic."""
 
     def __init__(self, key: Hashable, raster: StoredRaster, stages: list[Stage], stride: int, margin: int,
-                 halos: list[int], cache: ByteLRU, flights: SingleFlight):
+                 halos: list[int], cache: Cache, flights: SingleFlight):
         stored = StoredPlane(raster)
         self.model: list[Plane] = [stored]
         for k, (stage, halo) in enumerate(zip(stages, halos)):

@@ -1,4 +1,4 @@
-"""Prometheus metrics, one registry per app."""
+"""Prometheus metrics, one registry per app: tiles, IIIF images, inference time, caches, queue."""
 from __future__ import annotations
 
 from typing import Callable, Iterable
@@ -6,7 +6,7 @@ from typing import Callable, Iterable
 from prometheus_client import CollectorRegistry, Counter, Histogram, Info
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from tileserver.raster.cache import ByteLRU
+from tileserver.raster.cache import Cache
 
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8)
 
@@ -14,7 +14,7 @@ LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2
 class _LiveCollector:
     """Cache counters and queue depth read at scrape time."""
 
-    def __init__(self, caches: Iterable[ByteLRU], queue_depth: Callable[[], int] | None):
+    def __init__(self, caches: Iterable[Cache], queue_depth: Callable[[], int] | None):
         self.caches = list(caches)
         self.queue_depth = queue_depth
 
@@ -47,8 +47,11 @@ class Metrics:
                                    buckets=LATENCY_BUCKETS, registry=r)
         self.rejected = Counter("tileserver_busy_responses", "503 answers because the inference queue was full", registry=r)
         self.model = Info("tileserver_model", "the model and the execution provider in use", registry=r)
+        self.iiif_images = Counter("tileserver_iiif_images", "IIIF image responses", ["version", "source"], registry=r)
+        self.iiif_refused = Counter("tileserver_iiif_refused", "IIIF requests refused over the synthesis budget",
+                                    registry=r)
 
-    def watch(self, caches: Iterable[ByteLRU], queue_depth: Callable[[], int] | None) -> None:
+    def watch(self, caches: Iterable[Cache], queue_depth: Callable[[], int] | None) -> None:
         self.registry.register(_LiveCollector(caches, queue_depth))
 
     def on_inference(self, stage: int, seconds: float) -> None:
