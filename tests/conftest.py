@@ -126,3 +126,36 @@ def app(bundle, slide_dir):
 @pytest.fixture()
 def client(app):
     return app.test_client()
+
+
+# -- a real browser: Debian's Chromium driven by Playwright (no browser download) --
+from browser import CHROMIUM_ARGS, chromium_binary  # noqa: E402
+
+
+def missing(reason: str) -> None:
+    """Skip on a developer's machine; fail in CI, where the browser tests must run."""
+    import os
+
+    (pytest.fail if os.environ.get("CI") == "true" else pytest.skip)(reason)
+
+
+@pytest.fixture()
+def page():
+    """A headless Chromium page (1280×800); ``page.msr_errors`` collects uncaught exceptions and console errors."""
+    binary = chromium_binary()
+    if not binary:
+        missing("Chromium not installed (Debian: apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        missing("Playwright not installed (pip install -e '.[test]')")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=binary, args=CHROMIUM_ARGS)
+        try:
+            pg = browser.new_page(viewport={"width": 1280, "height": 800})
+            pg.msr_errors = []
+            pg.on("pageerror", lambda e: pg.msr_errors.append(f"exception: {e}"))
+            pg.on("console", lambda m: pg.msr_errors.append(f"console: {m.text}") if m.type in ("error", "assert") else None)
+            yield pg
+        finally:
+            browser.close()

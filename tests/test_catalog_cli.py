@@ -63,3 +63,43 @@ def test_serve_cli_errors(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert cli.main(["serve", str(tmp_path), "--model", str(tmp_path / "nobundle")]) == 2
     assert "manifest.json is missing" in capsys.readouterr().err
+
+
+def test_serve_port_taken_or_out_of_range_one_line_before_anything(tmp_path, capsys):
+    import socket
+
+    from tileserver.commands import cli
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert cli.main(["serve", str(tmp_path), "--port", str(port)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and f"127.0.0.1:{port}" in err and "in use" in err
+    assert cli.main(["serve", str(tmp_path), "--port", "99999"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == "tileserver serve: error: --port must be 0..65535, not 99999\n"
+
+
+def test_serve_help_shows_every_default(capsys):
+    from tileserver.commands import cli
+
+    with pytest.raises(SystemExit):
+        cli.main(["serve", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for needle in ("(default: 5000)", "(default: 254)", "(default: 1)", "(default: 90)", "(default: 24)",
+                   "Deep Zoom tile overlap", "JPEG and WebP quality"):
+        assert needle in text
+
+
+def test_ingest_output_folder_that_cannot_be_written_is_named(tmp_path, capsys):
+    from tileserver.commands import cli
+
+    src = tmp_path / "a.svs"
+    src.write_bytes(b"whatever")
+    (tmp_path / "file").write_text("")
+    for out in ("/proc/msr-tileserver-test", str(tmp_path / "file" / "sub")):
+        assert cli.main(["ingest", "--no-progress", str(src), "-o", out]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"output folder {out}" in err and str(src) not in err

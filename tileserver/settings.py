@@ -27,9 +27,9 @@ def option(default: Any, help: str, *, cast: Callable[[str], Any] | None = None,
 class Settings:
     slide_dir: Path = option(Path("var/slides"), "folder of slides to serve", flag="slide_dir")
     model: Path | None = option(None, "model bundle folder (default: the bundled msr-lite)", cast=Path)
-    host: str = option("127.0.0.1", "address to bind (127.0.0.1: this machine only)")
-    port: int = option(5000, "TCP port (0: any free one)")
-    cache_mb: float = option(1024.0, "memory for cached blocks and tiles (MiB)")
+    host: str = option("127.0.0.1", "address to bind; 127.0.0.1 is this machine only")
+    port: int = option(5000, "TCP port; 0 takes any free one")
+    cache_mb: float = option(1024, "memory for cached blocks and tiles (MiB)", cast=float)
     device: str = option("auto", "where the model runs (auto: CUDA when it really loads, else CPU)", choices=DEVICES)
     threads: int | None = option(None, "ONNX Runtime intra-op threads (default: one per core)", cast=int)
     http_threads: int = option(8, "waitress worker threads")

@@ -25,8 +25,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         if meta["flag"] == "slide_dir":
             target.add_argument(f.name, nargs="?", type=meta["cast"], default=f.default, help=meta["help"] + shown)
         else:
-            target.add_argument(meta["flag"] or "--" + f.name.replace("_", "-"), dest=f.name, type=meta["cast"],
-                                default=f.default, choices=meta["choices"], help=meta["help"] + shown)
+            flag = meta["flag"] or "--" + f.name.replace("_", "-")
+            target.add_argument(flag, dest=f.name, type=meta["cast"], default=f.default, choices=meta["choices"],
+                                metavar=None if meta["choices"] else flag[2:].replace("-", "_").upper(),
+                                help=meta["help"] + shown)
     p.set_defaults(func=run)
 
 
