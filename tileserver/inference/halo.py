@@ -2,7 +2,7 @@
 of context per side must match whole-image inference in the interior.
 
 Pure numpy over a ``run`` function ((N,3,H,W) float32 → (N,3,2H,2W) float32);
-``export_onnx.py`` runs it on the exported graphs and writes the result into
+``training/export.py`` (``export_onnx.py``) runs it on the exported graphs and writes the result into
 the manifest.
 """
 from __future__ import annotations
