@@ -32,6 +32,6 @@ class OverBudget(RequestError):
 
     status = 403
 
-    def __init__(self, needed: int, budget: int, reason: str | None = None, parameter: str | None = None):
-        super().__init__(reason or f"needs more than {budget} blocks synthesized (budget {budget})", parameter)
+    def __init__(self, needed: int, budget: int):
+        super().__init__(f"would synthesize more than {budget} uncached blocks (the budget)")
         self.needed, self.budget = needed, budget

@@ -79,9 +79,6 @@ class Settings:
         ]
         return next((message for ok, message in checks if not ok), None)
 
-    def replace(self, **changes: Any) -> Settings:
-        return dataclasses.replace(self, **changes)
-
 
 def cli_fields() -> list[dataclasses.Field]:
     """The settings that are `tileserver serve` flags, in order."""
