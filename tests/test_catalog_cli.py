@@ -82,6 +82,17 @@ def test_serve_port_taken_or_out_of_range_one_line_before_anything(tmp_path, cap
     assert out == "" and err == "tileserver serve: error: --port must be 0..65535, not 99999\n"
 
 
+def test_serve_flags_are_the_settings(tmp_path):
+    """Every default is written once, in Settings: `serve` without flags is Settings() (warmed up)."""
+    from tileserver.commands import cli, serve
+    from tileserver.settings import Settings
+
+    args = cli.build_parser().parse_args(["serve", str(tmp_path)])
+    assert serve.settings_from(args) == Settings(slide_dir=tmp_path, warm_up=True)
+    args = cli.build_parser().parse_args(["serve", str(tmp_path), "--queue", "3", "--max-side", "100"])
+    assert serve.settings_from(args) == Settings(slide_dir=tmp_path, warm_up=True, queue_size=3, max_side=100)
+
+
 def test_serve_help_shows_every_default(capsys):
     from tileserver.commands import cli
 

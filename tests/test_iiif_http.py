@@ -36,8 +36,7 @@ def big(bundle, big_slide_dir):
     from tileserver.settings import Settings
     from tileserver.web.app import create_app
 
-    app = create_app(Settings(slide_dir=big_slide_dir, model=bundle, device="cpu", threads=1,
-                      cache_mb=64))
+    app = create_app(Settings(slide_dir=big_slide_dir, model=bundle, device="cpu", threads=1, cache_mb=64))
     yield app
     app.extensions["tileserver"].close()
 
@@ -75,7 +74,7 @@ def test_info_json_2_and_rights(bundle, slide_dir):
     from tileserver.web.app import create_app
 
     app = create_app(Settings(slide_dir=slide_dir, model=bundle, device="cpu",
-                      rights="http://creativecommons.org/licenses/by/4.0/"))
+                              rights="http://creativecommons.org/licenses/by/4.0/"))
     try:
         c = app.test_client()
         info = c.get("/iiif/2/he5x/info.json").json

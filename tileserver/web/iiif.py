@@ -54,11 +54,10 @@ def lookup(ident: str) -> SlideInfo:
 
 
 def image_description(svc: TileService, info: SlideInfo) -> ImageDescription:
-    above = svc.planes_above(info)
+    """What IIIF says about a slide: its full image (the top synthesized plane), tiles, magnification, model."""
+    above, b = svc.planes_above(info), svc.bundle
     w, h = g.plane_size(info.size, above)
-    stored = (f"{svc.bundle.magnification:g}X" if info.synthesized else f"{magnification(info.mpp):.3g}X") \
-        if info.mpp else None
-    b = svc.bundle
+    stored = (f"{b.magnification:g}X" if info.synthesized else f"{magnification(info.mpp):.3g}X") if info.mpp else None
     model = {"id": b.model_id, "name": b.name, "version": b.version} if info.synthesized else None
     max_k = max(tile_exponent_limit(w, h, svc.stride), above)  # always down to the stored plane
     return ImageDescription(info.id, info.name, w, h, svc.stride, max_k, above,
