@@ -1,23 +1,36 @@
 """Screenshot of the viewer at 40X (side by side with the reference when there is one),
-for the README: headless Chromium driven over the DevTools protocol.
+for the README: Debian's headless Chromium driven by Playwright.
 
     python benchmarks/screenshot.py http://127.0.0.1:5000 SLIDE_ID -o docs/viewer.jpg
 """
 from __future__ import annotations
 
 import argparse
-import base64
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from cdp import Browser, chromium_binary  # noqa: E402
+from browser import CHROMIUM_ARGS, chromium_binary  # noqa: E402
+
+
+def wait_for_server(url: str, seconds: float = 120) -> None:
+    """A server just started may still be loading its model."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            urllib.request.urlopen(url.rstrip("/") + "/healthz", timeout=5).read()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def main(argv: list[str] | None = None) -> int:
+    from playwright.sync_api import sync_playwright
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("url")
     ap.add_argument("slide")
@@ -30,34 +43,25 @@ def main(argv: list[str] | None = None) -> int:
         print("error: Chromium not found (Debian: apt-get install chromium)", file=sys.stderr)
         return 2
     w, h = (int(v) for v in args.size.split("x"))
-    deadline = time.monotonic() + 120
-    while True:  # a server just started may still be loading its model
+    wait_for_server(args.url)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=binary, args=CHROMIUM_ARGS)
         try:
-            urllib.request.urlopen(args.url.rstrip("/") + "/healthz", timeout=5).read()
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
-    with tempfile.TemporaryDirectory() as tmp:
-        b = Browser(binary, Path(tmp) / "profile")
-        try:
-            for d in ("Runtime", "Page"):
-                b.call(f"{d}.enable")
-            b.call("Emulation.setDeviceMetricsOverride", width=w, height=h, deviceScaleFactor=1, mobile=False)
-            b.call("Page.navigate", url=f"{args.url.rstrip('/')}/view/{args.slide}")
-            b.wait_for("document.body.dataset.ready === '1'")
-            if not args.no_reference and b.evaluate("!document.getElementById('sync').hidden"):
-                b.key("r")
-            b.key("4")
-            b.wait_for("Math.abs(msrState().mag - 40) < 0.5")
-            b.wait_for("msrViewer.world.getItemAt(0).getFullyLoaded()", 180)
-            time.sleep(1.5)
+            page = browser.new_page(viewport={"width": w, "height": h})
+            page.goto(f"{args.url.rstrip('/')}/view/{args.slide}")
+            page.wait_for_function("document.body.dataset.ready === '1'")
+            if not args.no_reference and page.evaluate("!document.getElementById('sync').hidden"):
+                page.keyboard.press("r")
+            page.keyboard.press("4")
+            page.wait_for_function("Math.abs(msrState().mag - 40) < 0.5")
+            page.wait_for_function("msrViewer.world.getItemAt(0).getFullyLoaded()", timeout=180_000)
+            page.wait_for_load_state("networkidle")
+            page.wait_for_timeout(1500)  # let the last tiles fade in (a picture, not a test)
             args.out.parent.mkdir(parents=True, exist_ok=True)
-            fmt = {"format": "png"} if args.out.suffix.lower() == ".png" else {"format": "jpeg", "quality": 85}
-            args.out.write_bytes(base64.b64decode(b.call("Page.captureScreenshot", **fmt)["data"]))
+            jpeg = args.out.suffix.lower() != ".png"
+            page.screenshot(path=args.out, type="jpeg" if jpeg else "png", **({"quality": 85} if jpeg else {}))
         finally:
-            b.close()
+            browser.close()
     print(f"wrote {args.out}")
     return 0
 

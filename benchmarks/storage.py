@@ -29,9 +29,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # synthetic.py: the test slide generators
 
-from tileserver.ingest import IngestError, IngestOptions, ingest_slide  # noqa: E402
-from tileserver.synthetic import tissue, write_periodic_slide  # noqa: E402
+from tileserver.ingest.pipeline import IngestError, IngestOptions, ingest_slide  # noqa: E402
+from synthetic import tissue, write_periodic_slide  # noqa: E402
 
 
 def peak_rss_mb() -> float:

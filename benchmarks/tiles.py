@@ -59,7 +59,7 @@ class Server:
             self.url, self.pid = args.url.rstrip("/"), args.pid
             return
         port = free_port()
-        cmd = [sys.executable, "-m", "tileserver.cli", "serve", str(args.slide_dir), "--port", str(port),
+        cmd = [sys.executable, "-m", "tileserver.commands.cli", "serve", str(args.slide_dir), "--port", str(port),
                "--cache-mb", str(args.cache_mb), "--device", args.device]
         if args.model:
             cmd += ["--model", str(args.model)]
@@ -188,7 +188,7 @@ def iiif_tile_path(sid: str, level_size: tuple[int, int], sf: int, tile: int, co
 
 def iiif_vs_dzi(start, slide: dict, samples: int) -> dict:
     """Cold, cross (the other protocol, same blocks) and warm latency of aligned IIIF and Deep Zoom tiles."""
-    from tileserver.geometry import dz_level_dims, tile_grid
+    from tileserver.raster.geometry import dz_level_dims, tile_grid
 
     levels = dz_level_dims(*slide["dimensions"]["virtual"])
     top, ts, sid = len(levels) - 1, slide["tile_size"], slide["id"]
@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.out:
                 args.out.write_text(json.dumps(results, indent=2))
             return 0
-        from tileserver.geometry import dz_level_dims, tile_grid
+        from tileserver.raster.geometry import dz_level_dims, tile_grid
 
         levels = dz_level_dims(*slide["dimensions"]["virtual"])
         top, ts = len(levels) - 1, slide["tile_size"]

@@ -44,7 +44,7 @@ def real_he_40x() -> tuple[np.ndarray, str]:
             return np.asarray(im.convert("RGB")), SHARED_TILE.name
     import io
 
-    from tileserver.registry_data import MONUSEG_TILE, member_bytes
+    from tileserver.ingest.registry_data import MONUSEG_TILE, member_bytes
 
     with Image.open(io.BytesIO(member_bytes(MONUSEG_TILE))) as im:
         return np.asarray(im.convert("RGB")), "TCGA-38-6178 (tiatoolbox target_image.png)"
@@ -86,12 +86,12 @@ def checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def bundle(checkpoint, tmp_path_factory) -> Path:
-    import export_onnx
+    from training.export import export
 
     out = tmp_path_factory.mktemp("bundle") / "tiny"
     img = tmp_path_factory.mktemp("img") / "he40.png"
     Image.fromarray(real_he_40x()[0]).save(img)
-    export_onnx.export(checkpoint, out, [img], log=lambda *_: None)
+    export(checkpoint, out, [img], log=lambda *_: None)
     return out
 
 
@@ -115,9 +115,10 @@ def slide_dir(tmp_path_factory, he5, he40) -> Path:
 
 @pytest.fixture()
 def app(bundle, slide_dir):
-    from tileserver.app import create_app
+    from tileserver.settings import Settings
+    from tileserver.web.app import create_app
 
-    app = create_app({"SLIDE_DIR": str(slide_dir), "MODEL": str(bundle), "DEVICE": "cpu", "THREADS": 1, "CACHE_MB": 64})
+    app = create_app(Settings(slide_dir=slide_dir, model=bundle, device="cpu", threads=1, cache_mb=64))
     yield app
     app.extensions["tileserver"].close()
 
@@ -125,3 +126,36 @@ def app(bundle, slide_dir):
 @pytest.fixture()
 def client(app):
     return app.test_client()
+
+
+# -- a real browser: Debian's Chromium driven by Playwright (no browser download) --
+from browser import CHROMIUM_ARGS, chromium_binary  # noqa: E402
+
+
+def missing(reason: str) -> None:
+    """Skip on a developer's machine; fail in CI, where the browser tests must run."""
+    import os
+
+    (pytest.fail if os.environ.get("CI") == "true" else pytest.skip)(reason)
+
+
+@pytest.fixture()
+def page():
+    """A headless Chromium page (1280×800); ``page.msr_errors`` collects uncaught exceptions and console errors."""
+    binary = chromium_binary()
+    if not binary:
+        missing("Chromium not installed (Debian: apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        missing("Playwright not installed (pip install -e '.[test]')")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=binary, args=CHROMIUM_ARGS)
+        try:
+            pg = browser.new_page(viewport={"width": 1280, "height": 800})
+            pg.msr_errors = []
+            pg.on("pageerror", lambda e: pg.msr_errors.append(f"exception: {e}"))
+            pg.on("console", lambda m: pg.msr_errors.append(f"console: {m.text}") if m.type in ("error", "assert") else None)
+            yield pg
+        finally:
+            browser.close()

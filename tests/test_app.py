@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tileserver.web.deepzoom import pyramid
+
 NS = "{http://schemas.microsoft.com/deepzoom/2008}"
 
 
@@ -47,7 +49,7 @@ def tile_image(resp) -> np.ndarray:
 
 def test_tile_headers_and_304(client, app):
     svc = app.extensions["tileserver"]
-    top = svc.pyramid("he5x").top
+    top = pyramid(svc, "he5x").top
     r = client.get(f"/dzi/he5x_files/{top}/0_0.jpeg")
     assert r.status_code == 200 and r.mimetype == "image/jpeg"
     assert r.headers["X-SR-Model"] == svc.bundle.model_id == "tiny@" + svc.bundle.manifest["version"]
@@ -88,9 +90,10 @@ def test_api_slides(client):
 
 
 def test_assume_mpp(bundle, slide_dir):
-    from tileserver.app import create_app
+    from tileserver.settings import Settings
+    from tileserver.web.app import create_app
 
-    app = create_app({"SLIDE_DIR": str(slide_dir), "MODEL": str(bundle), "DEVICE": "cpu", "ASSUME_MPP": 2.1})
+    app = create_app(Settings(slide_dir=slide_dir, model=bundle, device="cpu", assume_mpp=2.1))
     try:
         s = app.test_client().get("/api/slides/plain").json["slide"]
         assert s["synthesized"] and s["mpp"]["source"] == "assumed"
@@ -112,7 +115,7 @@ def test_healthz_and_metrics(client):
 
 def test_concurrent_requests_run_each_block_once(client, app):
     svc = app.extensions["tileserver"]
-    top = svc.pyramid("he5x").top
+    top = pyramid(svc, "he5x").top
     errors = []
 
     def get():
@@ -133,14 +136,15 @@ def test_concurrent_requests_run_each_block_once(client, app):
 
 
 def test_caches_stay_within_budget(bundle, slide_dir):
-    from tileserver.app import create_app
+    from tileserver.settings import Settings
+    from tileserver.web.app import create_app
 
-    app = create_app({"SLIDE_DIR": str(slide_dir), "MODEL": str(bundle), "DEVICE": "cpu", "CACHE_MB": 1})
+    app = create_app(Settings(slide_dir=slide_dir, model=bundle, device="cpu", cache_mb=1))
     svc = app.extensions["tileserver"]
     c = app.test_client()
     try:
-        top = svc.pyramid("he5x").top
-        cols, rows = svc.pyramid("he5x").levels[top]
+        top = pyramid(svc, "he5x").top
+        cols, rows = pyramid(svc, "he5x").levels[top]
         for row in range(-(-rows // 254)):
             for col in range(-(-cols // 254)):
                 assert c.get(f"/dzi/he5x_files/{top}/{col}_{row}.png").status_code == 200
@@ -152,9 +156,10 @@ def test_caches_stay_within_budget(bundle, slide_dir):
 
 
 def test_full_queue_answers_503(bundle, slide_dir):
-    from tileserver.app import create_app
+    from tileserver.settings import Settings
+    from tileserver.web.app import create_app
 
-    app = create_app({"SLIDE_DIR": str(slide_dir), "MODEL": str(bundle), "DEVICE": "cpu", "QUEUE_SIZE": 1})
+    app = create_app(Settings(slide_dir=slide_dir, model=bundle, device="cpu", queue_size=1))
     svc = app.extensions["tileserver"]
     gate = threading.Event()
     try:

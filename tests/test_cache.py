@@ -3,7 +3,7 @@ import threading
 
 import numpy as np
 
-from tileserver.cache import ByteLRU
+from tileserver.raster.cache import ByteLRU
 
 
 def test_budget_and_counters():

@@ -5,7 +5,7 @@ import shutil
 import numpy as np
 import pytest
 
-from tileserver import engine as eng
+import tileserver.inference as eng
 
 
 def test_manifest_fields(bundle):
@@ -111,9 +111,10 @@ def test_batched_blocks_equal_single_runs(bundle):
 
 
 def test_fallback_reported_by_the_api(bundle, slide_dir):
-    from tileserver.app import create_app
+    from tileserver.settings import Settings
+    from tileserver.web.app import create_app
 
-    app = create_app({"SLIDE_DIR": str(slide_dir), "MODEL": str(bundle), "DEVICE": "auto"})
+    app = create_app(Settings(slide_dir=slide_dir, model=bundle, device="auto"))
     try:
         h = app.test_client().get("/healthz").json
         m = app.test_client().get("/api/slides").json["model"]

@@ -1,7 +1,7 @@
 """Pure geometry, exact tuples."""
 import pytest
 
-from tileserver import geometry as g
+from tileserver.raster import geometry as g
 
 
 def test_dz_levels_match_openslide_halving():
@@ -69,8 +69,5 @@ def test_tiles_fall_in_one_block():
     assert list(g.blocks_for_span(254, 508, 254)) == [1]
 
 
-def test_plane_coordinates():
-    assert g.x40_from_x5(125) == 1000
-    assert g.x5_from_x40(1007) == 125
-    assert g.x_up(3, 2) == 12
+def test_block_stride_and_margin():
     assert (g.block_stride(254), g.block_stride(255), g.block_margin(1), g.block_margin(0), g.block_margin(2)) == (254, 256, 2, 0, 2)

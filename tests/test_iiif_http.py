@@ -10,6 +10,8 @@ import pytest
 from PIL import Image
 
 from conftest import write_tiff
+from tileserver.raster import geometry as g
+from tileserver.web.deepzoom import pyramid
 
 
 def img(resp) -> Image.Image:
@@ -31,10 +33,10 @@ def big_slide_dir(tmp_path_factory, he5):
 
 @pytest.fixture()
 def big(bundle, big_slide_dir):
-    from tileserver.app import create_app
+    from tileserver.settings import Settings
+    from tileserver.web.app import create_app
 
-    app = create_app({"SLIDE_DIR": str(big_slide_dir), "MODEL": str(bundle), "DEVICE": "cpu", "THREADS": 1,
-                      "CACHE_MB": 64})
+    app = create_app(Settings(slide_dir=big_slide_dir, model=bundle, device="cpu", threads=1, cache_mb=64))
     yield app
     app.extensions["tileserver"].close()
 
@@ -68,10 +70,11 @@ def test_info_json_3(client, app, he5):
 
 
 def test_info_json_2_and_rights(bundle, slide_dir):
-    from tileserver.app import create_app
+    from tileserver.settings import Settings
+    from tileserver.web.app import create_app
 
-    app = create_app({"SLIDE_DIR": str(slide_dir), "MODEL": str(bundle), "DEVICE": "cpu",
-                      "IIIF_RIGHTS": "http://creativecommons.org/licenses/by/4.0/"})
+    app = create_app(Settings(slide_dir=slide_dir, model=bundle, device="cpu",
+                              rights="http://creativecommons.org/licenses/by/4.0/"))
     try:
         c = app.test_client()
         info = c.get("/iiif/2/he5x/info.json").json
@@ -121,7 +124,7 @@ def test_image_headers_304_and_head(client, app):
     assert client.get(url, headers={"If-Modified-Since": r.headers["Last-Modified"]}).status_code == 304
     h = client.head(url)
     assert h.status_code == 200 and h.data == b"" and int(h.headers["Content-Length"]) == len(r.data)
-    stored = client.get("/iiif/3/he5x/full/max/0/default.png".replace("max", f"{svc.slide('he5x')[0].size[0]},"))
+    stored = client.get("/iiif/3/he5x/full/max/0/default.png".replace("max", f"{svc.slide('he5x').size[0]},"))
     assert stored.status_code == 200 and "X-SR-Model" not in stored.headers and stored.headers["X-IIIF-Scale-Factor"] == "8"
     assert stored.headers["ETag"] != r.headers["ETag"]
 
@@ -154,9 +157,10 @@ def test_escaped_identifier_is_decoded(client):
 
 
 def test_full_queue_answers_503(bundle, slide_dir):
-    from tileserver.app import create_app
+    from tileserver.settings import Settings
+    from tileserver.web.app import create_app
 
-    app = create_app({"SLIDE_DIR": str(slide_dir), "MODEL": str(bundle), "DEVICE": "cpu", "QUEUE_SIZE": 1})
+    app = create_app(Settings(slide_dir=slide_dir, model=bundle, device="cpu", queue_size=1))
     svc = app.extensions["tileserver"]
     gate = threading.Event()
     try:
@@ -173,7 +177,7 @@ def test_full_queue_answers_503(bundle, slide_dir):
 # -- pixels: the same blocks as Deep Zoom ------------------------------------------------------------------
 def test_iiif_tiles_are_deep_zoom_tiles_from_the_same_blocks(client, app):
     svc = app.extensions["tileserver"]
-    top = svc.pyramid("he5x").top
+    top = pyramid(svc, "he5x").top
     a = client.get("/iiif/3/he5x/254,254,254,254/254,254/0/default.png")
     runs = list(svc.engine.runs)
     assert a.status_code == 200 and runs[2] == 1
@@ -227,16 +231,17 @@ def test_whole_slide_at_40x_is_refused_before_the_model_runs(big, path):
 
 
 def test_budget_counts_only_blocks_not_yet_cached(bundle, slide_dir):
-    from tileserver.app import create_app
+    from tileserver.settings import Settings
+    from tileserver.web.app import create_app
 
-    app = create_app({"SLIDE_DIR": str(slide_dir), "MODEL": str(bundle), "DEVICE": "cpu", "IIIF_SYNTH_BUDGET": 0})
+    app = create_app(Settings(slide_dir=slide_dir, model=bundle, device="cpu", synthesis_budget=0))
     svc = app.extensions["tileserver"]
     c = app.test_client()
     try:
         url = "/iiif/3/he5x/254,0,254,254/254,254/0/default.jpg"
         assert c.get(url).status_code == 403 and svc.engine.runs == [0, 0, 0]
         assert c.get("/iiif/3/he5x/full/pct:12.5/0/default.jpg").status_code == 200  # stored pixels cost nothing
-        top = svc.pyramid("he5x").top
+        top = pyramid(svc, "he5x").top
         assert c.get(f"/dzi/he5x_files/{top}/1_0.jpeg").status_code == 200  # Deep Zoom warms the same block
         assert c.get(url).status_code == 200
     finally:
@@ -244,18 +249,20 @@ def test_budget_counts_only_blocks_not_yet_cached(bundle, slide_dir):
 
 
 def test_aligned_tiles_fit_the_default_budget(app):
-    from tileserver import iiif
+    from tileserver.protocols import iiif
 
     svc = app.extensions["tileserver"]
-    info, _ = svc.slide("he5x")
+    info = svc.slide("he5x")
     w, h = info.size[0] * 8, info.size[1] * 8
-    budget = app.config["IIIF_SYNTH_BUDGET"]
+    budget = svc.settings.synthesis_budget
     for k in range(3):
         lw, lh = iiif.level_size(w, h, k)
         for y in range(0, lh, svc.stride):
             for x in range(0, lw, svc.stride):
                 box = (x, y, min(svc.stride, lw - x), min(svc.stride, lh - y))
-                assert svc.scale_cost("he5x", k, box, 10**6) <= budget
+                plane, downsample = g.scale_source(k, 3)
+                ref = svc.locate("he5x", "sr", plane, downsample, box, "jpg", ("aligned",))
+                assert svc.missing_blocks(ref, 10**6) <= budget
 
 
 # -- manifest -------------------------------------------------------------------------------------------

@@ -5,9 +5,9 @@ from decimal import Decimal
 
 import pytest
 
-from tileserver import geometry as g
-from tileserver import iiif
-from tileserver.iiif import IIIFError, Limits
+from tileserver.raster import geometry as g
+from tileserver.protocols import iiif
+from tileserver.protocols.iiif import IIIFError, Limits
 
 W, H = 300, 200
 LIMITS = Limits(1000, 1000, 1000 * 1000)

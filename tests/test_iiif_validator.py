@@ -22,11 +22,12 @@ def validator_script() -> Path:
 
 @pytest.fixture(scope="module")
 def served(bundle, tmp_path_factory):
-    from tileserver.app import create_app
+    from tileserver.settings import Settings
+    from tileserver.web.app import create_app
 
     d = tmp_path_factory.mktemp("validator-slides")
     write_validator_slide(d)
-    app = create_app({"SLIDE_DIR": str(d), "MODEL": str(bundle), "DEVICE": "cpu", "THREADS": 1, "CACHE_MB": 64})
+    app = create_app(Settings(slide_dir=d, model=bundle, device="cpu", threads=1, cache_mb=64))
     s = Served(app)
     yield s
     s.close()

@@ -16,12 +16,14 @@ import openslide
 import pytest
 import tifffile
 
-from tileserver import demo, ingest, slidewriter, streaming
-from tileserver.cli import main
+from synthetic import tissue, write_pattern_slide, write_periodic_slide
+from tileserver.commands.cli import main
 from tileserver.degrade import degrade, halve
-from tileserver.provenance import Provenance, provenance_properties, read_provenance
-from tileserver.registry_data import CMU_SMALL_REGION
-from tileserver.synthetic import tissue, write_pattern_slide, write_periodic_slide
+from tileserver.ingest import pipeline as ingest
+from tileserver.ingest import streaming
+from tileserver.ingest import writer as slidewriter
+from tileserver.ingest.provenance import Provenance, provenance_properties, read_provenance
+from tileserver.ingest.registry_data import CMU_SMALL_REGION
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -360,7 +362,7 @@ def test_batch_goes_on_and_fails_at_the_end(lossless_40x, tmp_path, capsys):
 def test_memory_does_not_grow_with_the_slide(tmp_path):
     """Peak RSS of an ingest in a fresh process: a 4× larger slide costs (almost) no more."""
     code = (  # VmHWM: the child's own peak (its ru_maxrss would include pytest's, through vfork)
-        "import re,sys; from pathlib import Path; from tileserver.ingest import *; "
+        "import re,sys; from pathlib import Path; from tileserver.ingest.pipeline import *; "
         "ingest_slide(Path(sys.argv[1]), Path(sys.argv[2]), IngestOptions(workers=2)); "
         "print(re.search(r'VmHWM:\\s+(\\d+)', Path('/proc/self/status').read_text())[1])"
     )

@@ -5,8 +5,8 @@ import io
 import numpy as np
 from PIL import Image
 
-from tileserver import geometry as g
-from tileserver.engine import create_sessions, load_bundle, to_float, to_uint8
+from tileserver.raster import geometry as g
+from tileserver.inference import create_sessions, load_bundle, to_float, to_uint8
 from training.upscale import bundle_upscaler
 
 
@@ -37,10 +37,11 @@ def interior_margins(bundle) -> list[int]:
 
 def test_tiles_match_whole_image_inference(bundle, slide_dir, he5):
     """The served chain (default tiles) against the whole-image chain, as training/evaluate.py runs it."""
-    from tileserver.app import create_app
+    from tileserver.settings import Settings
+    from tileserver.web.app import create_app
 
     tile_size = 254
-    app = create_app({"SLIDE_DIR": str(slide_dir), "MODEL": str(bundle), "DEVICE": "cpu", "TILE_SIZE": tile_size})
+    app = create_app(Settings(slide_dir=slide_dir, model=bundle, device="cpu", tile_size=tile_size))
     client = app.test_client()
     try:
         upscale, _ = bundle_upscaler(bundle)
@@ -62,10 +63,11 @@ def test_tiles_match_whole_image_inference(bundle, slide_dir, he5):
 def test_each_stage_is_seam_free_with_small_tiles(bundle, slide_dir, he5):
     """Many seams (96 px tiles): each served plane equals its stage run on the whole served plane
     below (so rounding differences cannot pile up along the chain) within 1/255 in the interior."""
-    from tileserver.app import create_app
+    from tileserver.settings import Settings
+    from tileserver.web.app import create_app
 
     tile_size = 96
-    app = create_app({"SLIDE_DIR": str(slide_dir), "MODEL": str(bundle), "DEVICE": "cpu", "TILE_SIZE": tile_size})
+    app = create_app(Settings(slide_dir=slide_dir, model=bundle, device="cpu", tile_size=tile_size))
     client = app.test_client()
     try:
         b = load_bundle(bundle)

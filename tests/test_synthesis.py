@@ -5,9 +5,9 @@ import time
 import numpy as np
 import pytest
 
-from tileserver.cache import ByteLRU
-from tileserver.slides import ImageRaster, OpenSlideRaster
-from tileserver.synthesis import BicubicPlane, SingleFlight, StoredPlane, SynthesizedPlane, read_padded
+from tileserver.raster.cache import ByteLRU
+from tileserver.raster.stored import ImageRaster, OpenSlideRaster
+from tileserver.raster.planes import BicubicPlane, SingleFlight, StoredPlane, SynthesizedPlane, read_padded
 
 
 def nearest_stage(img: np.ndarray) -> np.ndarray:

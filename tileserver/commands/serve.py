@@ -1,0 +1,90 @@
+"""`tileserver serve [SLIDE_DIR]`: serve a folder of slides with waitress (a production WSGI server).
+
+The flags are the fields of ``tileserver.settings.Settings``. The address is bound
+before the model loads, so a taken port or a bad host ends the command at once
+with one line (exit status 2), before anything is announced.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import socket
+
+from tileserver.errors import UsageError
+from tileserver.settings import Settings, cli_fields
+
+log = logging.getLogger("tileserver")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for f in cli_fields():
+        meta = f.metadata
+        target = groups.setdefault(meta["group"], p.add_argument_group(meta["group"])) if meta["group"] else p
+        shown = f" (default: {f.default})" if f.default is not None else ""
+        if meta["flag"] == "slide_dir":
+            target.add_argument(f.name, nargs="?", type=meta["cast"], default=f.default, help=meta["help"] + shown)
+        else:
+            flag = meta["flag"] or "--" + f.name.replace("_", "-")
+            target.add_argument(flag, dest=f.name, type=meta["cast"], default=f.default, choices=meta["choices"],
+                                metavar=None if meta["choices"] else flag[2:].replace("-", "_").upper(),
+                                help=meta["help"] + shown)
+    p.set_defaults(func=run)
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    try:
+        s = Settings(**{f.name: getattr(args, f.name) for f in cli_fields()}, warm_up=True)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if not s.slide_dir.is_dir():
+        raise UsageError(f"slide folder {s.slide_dir} does not exist")
+    return s
+
+
+def listen(host: str, port: int) -> list[socket.socket]:
+    """Sockets bound to host:port as waitress would bind them (not yet listening);
+    a UsageError when the address is taken or cannot be bound."""
+    from waitress.adjustments import Adjustments
+
+    try:
+        wanted = Adjustments(host=host, port=port).listen
+    except ValueError:
+        raise UsageError(f"cannot listen on {host}:{port}: not a valid host") from None
+    socks: list[socket.socket] = []
+    try:
+        for family, socktype, proto, address in wanted:
+            sock = socket.socket(family, socktype, proto)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+    except OSError as e:
+        for sock in socks:
+            sock.close()
+        raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    return socks
+
+
+def run(args: argparse.Namespace) -> int:
+    from tileserver.inference import BundleError
+
+    s = settings_from(args)
+    socks = listen(s.host, s.port)
+    try:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        from waitress import serve
+
+        from tileserver.web.app import create_app
+
+        try:
+            app = create_app(s)
+        except (BundleError, FileNotFoundError, ValueError) as e:
+            raise UsageError(str(e)) from None
+        svc = app.extensions["tileserver"]
+        log.info("serving %d slide(s) from %s with %s on %s at http://%s:%d/", len(svc.slides()), s.slide_dir,
+                 svc.bundle.model_id, svc.engine.provider, s.host, socks[0].getsockname()[1])
+        serve(app, sockets=socks, threads=s.http_threads, ident="msr-tileserver")
+    finally:
+        for sock in socks:
+            sock.close()
+    return 0

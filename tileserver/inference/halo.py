@@ -1,0 +1,49 @@
+"""Measure the halo a ×2 stage needs: blockwise inference with ``h`` input pixels
+of context per side must match whole-image inference in the interior.
+
+Pure numpy over a ``run`` function ((N,3,H,W) float32 → (N,3,2H,2W) float32);
+``training/export.py`` (``export_onnx.py``) runs it on the exported graphs and writes the result into
+the manifest.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import numpy as np
+
+Run = Callable[[np.ndarray], np.ndarray]
+
+
+def block_origins(size: int, core: int, margin: int) -> list[int]:
+    """Origins of ``core``-sized blocks whose window (± ``margin``) lies inside [0, size)."""
+    return list(range(margin, size - margin - core + 1, core))
+
+
+def interior_error(run: Run, x: np.ndarray, whole: np.ndarray, halo: int, core: int, margin: int) -> float:
+    """Max |blockwise − whole| (both clipped to [0, 1]) over interior blocks of (3,H,W) ``x``."""
+    _, h, w = x.shape
+    ys, xs = block_origins(h, core, margin), block_origins(w, core, margin)
+    if not ys or not xs:
+        raise ValueError(f"image {h}x{w} too small for core {core} with margin {margin}")
+    windows = np.stack([x[:, y - halo:y + core + halo, c - halo:c + core + halo] for y in ys for c in xs])
+    out = np.clip(run(np.ascontiguousarray(windows)), 0, 1)[:, :, 2 * halo:2 * (halo + core), 2 * halo:2 * (halo + core)]
+    ref = np.stack([whole[:, 2 * y:2 * (y + core), 2 * c:2 * (c + core)] for y in ys for c in xs])
+    return float(np.abs(out - np.clip(ref, 0, 1)).max())
+
+
+def measure_halo(run: Run, x: np.ndarray, candidates: Iterable[int] = range(0, 33, 2), core: int = 32) -> dict[int, float]:
+    """{halo: max interior error} for a (3,H,W) float32 image in [0, 1]."""
+    candidates = sorted(candidates)
+    whole = run(x[None].astype(np.float32))[0]
+    margin = max(candidates)
+    return {h: interior_error(run, x.astype(np.float32), whole, h, core, margin) for h in candidates}
+
+
+def smallest_halo(errors: dict[int, float], tolerance: float) -> int | None:
+    """The smallest halo whose error, and that of every larger one, is within ``tolerance``."""
+    ok = None
+    for h in sorted(errors, reverse=True):
+        if errors[h] > tolerance:
+            break
+        ok = h
+    return ok

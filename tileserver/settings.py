@@ -1,0 +1,85 @@
+"""Every setting of the server, each default written once.
+
+``tileserver serve`` builds its flags from the fields that carry a ``help`` (their
+defaults shown in ``--help``), the web app and the tile service read the same
+frozen ``Settings``; tests pass their own. Values are checked when a ``Settings``
+is made (``ValueError`` with a one-line reason).
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def option(default: Any, help: str, *, cast: Callable[[str], Any] | None = None, flag: str | None = None,
+           group: str | None = None, choices: tuple | None = None) -> Any:
+    """A setting that is also a `tileserver serve` flag (``--name-with-dashes`` unless ``flag`` says);
+    ``cast`` parses its value (default: the type of ``default``)."""
+    meta = {"help": help, "cast": cast or type(default), "flag": flag, "group": group, "choices": choices}
+    return dataclasses.field(default=default, metadata=meta)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    slide_dir: Path = option(Path("var/slides"), "folder of slides to serve", flag="slide_dir")
+    model: Path | None = option(None, "model bundle folder (default: the bundled msr-lite)", cast=Path)
+    host: str = option("127.0.0.1", "address to bind; 127.0.0.1 is this machine only")
+    port: int = option(5000, "TCP port; 0 takes any free one")
+    cache_mb: float = option(1024, "memory for cached blocks and tiles (MiB)", cast=float)
+    device: str = option("auto", "where the model runs (auto: CUDA when it really loads, else CPU)", choices=DEVICES)
+    threads: int | None = option(None, "ONNX Runtime intra-op threads (default: one per core)", cast=int)
+    http_threads: int = option(8, "waitress worker threads")
+    queue_size: int = option(32, "inference jobs that may wait before 503", flag="--queue")
+    assume_mpp: float | None = option(None, "mpp (µm/px) for slides that carry none", cast=float)
+    tile_size: int = option(254, "Deep Zoom tile side (px); synthesized blocks follow the tile grid")
+    overlap: int = option(1, "Deep Zoom tile overlap (px)")
+    jpeg_quality: int = option(90, "JPEG and WebP quality of tiles (1-100)")
+    synthesis_budget: int = option(24, "blocks not yet cached that one IIIF request may synthesize (beyond: 403)",
+                                   group="IIIF")
+    max_area: int = option(4096 * 4096, "IIIF maxArea (pixels) of one image request", group="IIIF")
+    max_side: int = option(8192, "IIIF maxWidth and maxHeight", group="IIIF")
+    rights: str | None = option(None, "rights URI announced in info.json", cast=str, group="IIIF")
+    base_url: str | None = option(None, "public URL of /iiif when behind a proxy (e.g. https://host/iiif)", cast=str,
+                             group="IIIF")
+    # not on the command line
+    tile_cache_fraction: float = 0.25  # of cache_mb, for encoded tiles; the rest holds blocks
+    max_cached_body: int = 512 * 1024  # encoded responses above this size are not cached
+    max_age: int = 86400  # Cache-Control max-age of tiles and IIIF documents (s)
+    retry_after: int = 2  # Retry-After of a 503 (s)
+    warm_up: bool = False  # one pass per stage at start-up (serve turns it on)
+    viewer_dir: Path = ROOT / "viewer"
+
+    def __post_init__(self) -> None:
+        for name in ("slide_dir", "model", "viewer_dir"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                object.__setattr__(self, name, Path(value))
+        problem = self.problem()
+        if problem:
+            raise ValueError(problem)
+
+    def problem(self) -> str | None:
+        """The first value out of range, told in one line, or None."""
+        checks = [
+            (0 <= self.port <= 65535, f"--port must be 0..65535, not {self.port}"),
+            (self.cache_mb >= 0, "--cache-mb must not be negative"),
+            (self.tile_size >= 2, "--tile-size must be at least 2"),
+            (0 <= self.overlap < self.tile_size, f"--overlap must be 0..{self.tile_size - 1}"),
+            (1 <= self.jpeg_quality <= 100, "--jpeg-quality must be 1..100"),
+            (self.device in DEVICES, f"--device must be one of {', '.join(DEVICES)}"),
+            (self.threads is None or self.threads >= 0, "--threads must not be negative"),
+            (self.http_threads >= 1 and self.queue_size >= 1, "--http-threads and --queue must be at least 1"),
+            (self.synthesis_budget >= 0, "--synthesis-budget must not be negative"),
+            (self.max_area >= 1 and self.max_side >= 1, "--max-area and --max-side must be positive"),
+            (self.assume_mpp is None or self.assume_mpp > 0, "--assume-mpp must be positive"),
+        ]
+        return next((message for ok, message in checks if not ok), None)
+
+
+def cli_fields() -> list[dataclasses.Field]:
+    """The settings that are `tileserver serve` flags, in order."""
+    return [f for f in dataclasses.fields(Settings) if "help" in f.metadata]

@@ -1,0 +1,31 @@
+"""``create_app(settings)``: the Flask app. One tile service (``tileserver.raster``)
+behind four blueprints: Deep Zoom, IIIF, the API and operations, the viewer pages.
+Bad input gets a 4xx with a one-line reason, never a 500 (``web.http``)."""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from flask import Flask
+
+from tileserver.raster.service import TileService
+from tileserver.settings import Settings
+from tileserver.web import api, deepzoom, http, iiif, viewer
+from tileserver.web.metrics import Metrics
+
+
+def create_app(settings: Settings | Mapping[str, Any] | None = None) -> Flask:
+    """The app for ``settings`` (a ``Settings``, or a mapping of its field names; defaults for the rest).
+    ``app.extensions["tileserver"]`` is its tile service, ``app.extensions["metrics"]`` its metrics."""
+    s = settings if isinstance(settings, Settings) else Settings(**(settings or {}))
+    metrics = Metrics()
+    svc = TileService(s, on_inference=metrics.on_inference)
+    metrics.watch([svc.blocks, svc.tiles], svc.engine.queue.depth)
+    metrics.model.info({"model": svc.bundle.model_id, "provider": svc.engine.provider, "device": s.device,
+                        "note": svc.engine.note or ""})
+    app = Flask(__name__, static_folder=None)
+    app.extensions["tileserver"] = svc
+    app.extensions["metrics"] = metrics
+    http.install(app)
+    for blueprint in (deepzoom.bp, iiif.bp, api.bp, viewer.bp):
+        app.register_blueprint(blueprint)
+    return app

@@ -1,0 +1,63 @@
+"""Deep Zoom over HTTP: ``/dzi/<slide>.dzi`` and its tiles, and the same pyramid by
+bicubic interpolation under ``/dzi-bicubic`` (for audit)."""
+from __future__ import annotations
+
+import time
+
+from flask import Blueprint, Response
+
+from tileserver.protocols import deepzoom as dz
+from tileserver.raster.service import TileService
+from tileserver.web.http import conditional, metrics, service
+
+bp = Blueprint("deepzoom", __name__)
+
+
+def pyramid(svc: TileService, sid: str, mode: str = "sr") -> dz.Pyramid:
+    """The Deep Zoom pyramid of a slide's view, as ``svc`` serves it."""
+    info = svc.slide(sid)
+    return dz.view(info, svc.planes_above(info), mode, svc.settings.tile_size, svc.settings.overlap)
+
+
+def dzi_response(name: str, mode: str) -> Response:
+    xml = dz.dzi_xml(pyramid(service(), dz.parse_dzi_name(name), mode))
+    return Response(xml, mimetype="application/xml", headers={"Cache-Control": "no-cache"})
+
+
+def tile_response(slide_files: str, level: str, tile: str, mode: str) -> Response:
+    svc = service()
+    req = dz.parse_tile(slide_files, level, tile, mode)
+    plane, downsample, region = pyramid(svc, req.slide, req.mode).tile(req.level, req.col, req.row)
+    ref = svc.locate(req.slide, req.mode, plane, downsample, region, req.format,
+                     (req.level, req.col, req.row, req.format))
+    headers = {"X-Tile-Source": ref.kind, **({"X-SR-Model": ref.model} if ref.model else {})}
+
+    def make() -> Response:
+        t0 = time.perf_counter()
+        t = svc.tile(ref)
+        m = metrics()
+        m.tiles.labels(level=str(req.level), kind=t.kind).inc()
+        m.tile_seconds.labels(kind=t.kind, cached=str(t.cached).lower()).observe(time.perf_counter() - t0)
+        return Response(t.body, mimetype=t.mimetype)
+
+    return conditional(ref.etag, make, max_age=svc.settings.max_age, headers=headers)
+
+
+@bp.get("/dzi/<name>")
+def dzi(name: str):
+    return dzi_response(name, "sr")
+
+
+@bp.get("/dzi/<slide_files>/<level>/<tile>")
+def dzi_tile(slide_files: str, level: str, tile: str):
+    return tile_response(slide_files, level, tile, "sr")
+
+
+@bp.get("/dzi-bicubic/<name>")
+def dzi_bicubic(name: str):
+    return dzi_response(name, "bicubic")
+
+
+@bp.get("/dzi-bicubic/<slide_files>/<level>/<tile>")
+def dzi_bicubic_tile(slide_files: str, level: str, tile: str):
+    return tile_response(slide_files, level, tile, "bicubic")

@@ -1,0 +1,72 @@
+"""The one place that turns values and domain errors into HTTP: one-line text
+errors with their status, conditional responses (ETag, Last-Modified, 304,
+Cache-Control), CORS. The blueprints use nothing else to answer."""
+from __future__ import annotations
+
+from datetime import datetime
+from email.utils import format_datetime
+from typing import Callable
+
+from flask import Flask, Response, current_app, request
+from werkzeug.exceptions import HTTPException
+
+from tileserver.errors import RequestError
+from tileserver.inference import QueueFull
+from tileserver.raster.service import TileService
+from tileserver.web.metrics import Metrics
+
+
+def service() -> TileService:
+    return current_app.extensions["tileserver"]
+
+
+def metrics() -> Metrics:
+    return current_app.extensions["metrics"]
+
+
+def text(reason: str, status: int, **headers: str) -> Response:
+    """A one-line plain-text answer (errors)."""
+    return Response(reason.splitlines()[0] + "\n", status=status, mimetype="text/plain", headers=headers)
+
+
+def not_modified(etag: str, modified: datetime | None = None) -> bool:
+    """Whether the client's copy is current: If-None-Match when sent, else If-Modified-Since."""
+    if request.if_none_match:
+        return request.if_none_match.contains_weak(etag.strip('"'))
+    return bool(modified and request.if_modified_since and modified <= request.if_modified_since)
+
+
+def conditional(etag: str, make: Callable[[], Response], *, max_age: int, modified: datetime | None = None,
+                headers: dict[str, str] | None = None) -> Response:
+    """A cacheable response: ``make()`` with ETag, Cache-Control, Last-Modified (when given) and
+    ``headers``; a 304 with the same headers, without calling ``make``, when the client's copy is current."""
+    h = {"ETag": etag, "Cache-Control": f"public, max-age={max_age}", **(headers or {})}
+    if modified is not None:
+        h["Last-Modified"] = format_datetime(modified, usegmt=True)
+    if not_modified(etag, modified):
+        return Response(status=304, headers=h)
+    resp = make()
+    resp.headers.update(h)
+    return resp
+
+
+def install(app: Flask) -> None:
+    """Error handlers (every error is one line of text with its status) and CORS for the whole app."""
+
+    @app.errorhandler(RequestError)
+    def request_error(e: RequestError):
+        return text(e.reason, e.status)
+
+    @app.errorhandler(QueueFull)
+    def busy(e: QueueFull):
+        metrics().rejected.inc()
+        return text(f"busy: {e}", 503, **{"Retry-After": str(service().settings.retry_after)})
+
+    @app.errorhandler(HTTPException)
+    def http_error(e: HTTPException):
+        return text(f"{e.code} {e.name}: {e.description}", e.code or 500)
+
+    @app.after_request
+    def cors(resp: Response) -> Response:
+        resp.headers.setdefault("Access-Control-Allow-Origin", "*")
+        return resp

@@ -1,0 +1,178 @@
+"""IIIF over HTTP: the Image API 3.0 (``/iiif/3/…``) and 2.1 (``/iiif/2/…``) at
+level 2, and a Presentation 3.0 manifest per slide.
+
+Flow per image request: identifier → slide (404) → ``iiif.parse_request``
+(400/501) → ``iiif.resolve`` against the full (40X) image and the limits (400)
+→ ``iiif.read_plan`` (scale factor) → the tile service locates the pixels (ETag;
+304) → the shared encoded-tile cache, else the synthesis budget (403, before any
+pixel is read) → the planes Deep Zoom reads → ``iiif_render.transform`` → encode.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timezone
+
+from flask import Blueprint, Response, redirect, request
+
+from tileserver.errors import OverBudget
+from tileserver.protocols import iiif
+from tileserver.protocols.iiif_info import CONTEXT, PROFILE, ImageDescription, info_json, manifest, physdim_service, \
+    sr_service, tile_exponent_limit
+from tileserver.protocols.iiif_render import transform
+from tileserver.raster import geometry as g
+from tileserver.raster.catalog import SlideInfo, magnification
+from tileserver.raster.service import Tile, TileRef, TileService
+from tileserver.web.http import conditional, metrics, service
+
+EXPOSE = "ETag, Last-Modified, Link, X-SR-Model, X-Tile-Source, X-IIIF-Scale-Factor"
+V = "<any('2','3'):version>"
+
+bp = Blueprint("iiif", __name__)
+
+
+# -- lookups -------------------------------------------------------------------
+def limits() -> iiif.Limits:
+    s = service().settings
+    return iiif.Limits(s.max_side, s.max_side, s.max_area)
+
+
+def service_base(version: str) -> str:
+    root = service().settings.base_url or request.host_url.rstrip("/") + "/iiif"
+    return f"{root.rstrip('/')}/{version}"
+
+
+def lookup(ident: str) -> SlideInfo:
+    """The catalog's slide for a (decoded) identifier. Nothing but an exact catalog id gets through:
+    ``..``, slashes, backslashes, null bytes and absolute paths never reach the filesystem."""
+    if not ident or ident.startswith(".") or any(c in ident for c in "/\\\x00") or not ident.isprintable():
+        raise iiif.IIIFError(404, f"unknown identifier {ident!r}", "identifier")
+    info = service().find(ident)
+    if info is None:
+        raise iiif.IIIFError(404, f"unknown identifier {ident!r}", "identifier")
+    return info
+
+
+def image_description(svc: TileService, info: SlideInfo) -> ImageDescription:
+    """What IIIF says about a slide: its full image (the top synthesized plane), tiles, magnification, model."""
+    above, b = svc.planes_above(info), svc.bundle
+    w, h = g.plane_size(info.size, above)
+    stored = (f"{b.magnification:g}X" if info.synthesized else f"{magnification(info.mpp):.3g}X") if info.mpp else None
+    model = {"id": b.model_id, "name": b.name, "version": b.version} if info.synthesized else None
+    max_k = max(tile_exponent_limit(w, h, svc.stride), above)  # always down to the stored plane
+    return ImageDescription(info.id, info.name, w, h, svc.stride, max_k, above,
+                            info.mpp / 2**above if info.mpp else None, stored, model, info.reason)
+
+
+def last_modified(svc: TileService, info: SlideInfo, synthesized: bool) -> datetime:
+    t = max(info.mtime, svc.bundle.modified) if synthesized else info.mtime
+    return datetime.fromtimestamp(int(t), timezone.utc)
+
+
+def wants_jsonld() -> bool:
+    """Only an explicit Accept of application/ld+json (preferred to application/json) gets it."""
+    acc = {v.lower(): q for v, q in request.accept_mimetypes}
+    ld = acc.get("application/ld+json", 0)
+    return ld > 0 and ld >= acc.get("application/json", 0)
+
+
+def json_response(doc: dict, context: str, modified: datetime, profile: str | None = None) -> Response:
+    body = json.dumps(doc, indent=2)
+    etag = '"' + hashlib.sha1(body.encode()).hexdigest()[:24] + '"'
+    headers = {"Vary": "Accept", **({"Link": f'<{profile}>;rel="profile"'} if profile else {})}
+    mimetype = f'application/ld+json;profile="{context}"' if wants_jsonld() else "application/json"
+    return conditional(etag, lambda: Response(body, headers={"Content-Type": mimetype}),
+                       max_age=service().settings.max_age, modified=modified, headers=headers)
+
+
+# -- routes --------------------------------------------------------------------
+@bp.after_request
+def cors(resp: Response) -> Response:
+    resp.headers["Access-Control-Allow-Origin"] = "*"
+    resp.headers["Access-Control-Expose-Headers"] = EXPOSE
+    if request.method == "OPTIONS":
+        resp.headers["Access-Control-Allow-Methods"] = "GET, HEAD, OPTIONS"
+        asked = request.headers.get("Access-Control-Request-Headers")
+        if asked:
+            resp.headers["Access-Control-Allow-Headers"] = asked
+        resp.headers["Access-Control-Max-Age"] = "86400"
+    return resp
+
+
+@bp.get(f"/iiif/{V}/<ident>")
+@bp.get(f"/iiif/{V}/<ident>/")
+def base_uri(version: str, ident: str):
+    lookup(ident)
+    return redirect(f"{service_base(version)}/{ident}/info.json", 303)
+
+
+@bp.get(f"/iiif/{V}/<ident>/info.json")
+def info(version: str, ident: str):
+    svc, slide = service(), lookup(ident)
+    doc = info_json(version, f"{service_base(version)}/{ident}", image_description(svc, slide), limits(),
+                    svc.settings.rights)
+    return json_response(doc, CONTEXT[version], last_modified(svc, slide, slide.synthesized), PROFILE[version])
+
+
+@bp.get(f"/iiif/{V}/<ident>/sr")
+def sr(version: str, ident: str):
+    svc, slide = service(), lookup(ident)
+    doc = sr_service(image_description(svc, slide), f"{service_base(version)}/{ident}/sr", version)
+    return json_response(doc, CONTEXT[version], last_modified(svc, slide, slide.synthesized))
+
+
+@bp.get(f"/iiif/{V}/<ident>/physdim")
+def physdim(version: str, ident: str):
+    svc, slide = service(), lookup(ident)
+    doc = physdim_service(image_description(svc, slide), f"{service_base(version)}/{ident}/physdim", version)
+    if doc is None:
+        raise iiif.IIIFError(404, f"slide {ident!r} has no pixel size (mpp)", "identifier")
+    return json_response(doc, doc["@context"], last_modified(svc, slide, False))
+
+
+@bp.get("/iiif/3/<ident>/manifest.json")
+def manifest_json(ident: str):
+    svc, slide = service(), lookup(ident)
+    base = f"{service_base('3')}/{ident}"
+    doc = manifest(f"{base}/manifest.json", base, image_description(svc, slide))
+    return json_response(doc, doc["@context"], last_modified(svc, slide, slide.synthesized))
+
+
+@bp.get(f"/iiif/{V}/<ident>/<region>/<size>/<rotation>/<quality_format>")
+def image(version: str, ident: str, region: str, size: str, rotation: str, quality_format: str):
+    svc, slide = service(), lookup(ident)
+    d = image_description(svc, slide)
+    req = iiif.parse_request(version, region, size, rotation, quality_format)
+    lim = limits()
+    res = iiif.resolve(req, d.width, d.height, lim)
+    plan = iiif.read_plan(res)
+    canonical = res.canonical(lim)
+    plane, downsample = g.scale_source(plan.k, d.planes_above)
+    x0, y0, x1, y1 = plan.box
+    ref = svc.locate(ident, "sr", plane, downsample, (x0, y0, x1 - x0, y1 - y0), req.format, (version, canonical))
+    headers = {"Link": f'<{PROFILE[version]}>;rel="profile", <{service_base(version)}/{ident}/{canonical}>;rel="canonical"',
+               "X-Tile-Source": ref.kind, "X-IIIF-Scale-Factor": str(2**plan.k),
+               **({"X-SR-Model": ref.model} if ref.model else {})}
+
+    def make() -> Response:
+        t = render(svc, ref, req, res, plan, d)
+        metrics().iiif_images.labels(version=version, source=t.kind).inc()
+        return Response(t.body, mimetype=t.mimetype)
+
+    return conditional(ref.etag, make, max_age=svc.settings.max_age,
+                       modified=last_modified(svc, slide, ref.kind == "synthesized"), headers=headers)
+
+
+def render(svc: TileService, ref: TileRef, req: iiif.ImageRequest, res: iiif.Resolved, plan: iiif.ReadPlan,
+           d: ImageDescription) -> Tile:
+    """The encoded image, from the shared cache or made within the synthesis budget."""
+    budget = svc.settings.synthesis_budget
+    try:
+        return svc.tile(ref, lambda pixels: transform(pixels, plan, res), budget)
+    except OverBudget:
+        metrics().iiif_refused.inc()
+        raise iiif.IIIFError(
+            403, f"{req.region}/{req.size} at scale factor {2**plan.k} needs more than {budget} synthesized "
+                 f"blocks that are not cached (the per-request synthesis budget); ask for fewer pixels: the tiles "
+                 f"in info.json, a smaller region, or a size that reads scale factor {2**d.planes_above} "
+                 f"(the stored scan) or coarser", "size") from None

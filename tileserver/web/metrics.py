@@ -1,0 +1,58 @@
+"""Prometheus metrics, one registry per app: tiles, IIIF images, inference time, caches, queue."""
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, Info
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from tileserver.raster.cache import Cache
+
+LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8)
+
+
+class _LiveCollector:
+    """Cache counters and queue depth read at scrape time."""
+
+    def __init__(self, caches: Iterable[Cache], queue_depth: Callable[[], int] | None):
+        self.caches = list(caches)
+        self.queue_depth = queue_depth
+
+    def collect(self):
+        stats = {c.name: c.stats() for c in self.caches}
+        for name, help_ in (("hits", "cache hits"), ("misses", "cache misses"), ("evictions", "cache evictions"),
+                            ("rejected", "values too large to cache")):
+            fam = CounterMetricFamily(f"tileserver_cache_{name}", help_, labels=["cache"])
+            for cache, s in stats.items():
+                fam.add_metric([cache], s[name])
+            yield fam
+        for name, help_ in (("bytes", "bytes held"), ("max_bytes", "byte budget"), ("entries", "entries held")):
+            fam = GaugeMetricFamily(f"tileserver_cache_{name}", help_, labels=["cache"])
+            for cache, s in stats.items():
+                fam.add_metric([cache], s[name])
+            yield fam
+        fam = GaugeMetricFamily("tileserver_inference_queue_depth", "inference jobs waiting")
+        fam.add_metric([], self.queue_depth() if self.queue_depth else 0)
+        yield fam
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.tiles = Counter("tileserver_tiles", "tiles served", ["level", "kind"], registry=r)
+        self.tile_seconds = Histogram("tileserver_tile_seconds", "time to answer a tile", ["kind", "cached"],
+                                      buckets=LATENCY_BUCKETS, registry=r)
+        self.inference = Histogram("tileserver_inference_seconds", "one forward pass of one stage", ["stage"],
+                                   buckets=LATENCY_BUCKETS, registry=r)
+        self.rejected = Counter("tileserver_busy_responses", "503 answers because the inference queue was full", registry=r)
+        self.model = Info("tileserver_model", "the model and the execution provider in use", registry=r)
+        self.iiif_images = Counter("tileserver_iiif_images", "IIIF image responses", ["version", "source"], registry=r)
+        self.iiif_refused = Counter("tileserver_iiif_refused", "IIIF requests refused over the synthesis budget",
+                                    registry=r)
+
+    def watch(self, caches: Iterable[Cache], queue_depth: Callable[[], int] | None) -> None:
+        self.registry.register(_LiveCollector(caches, queue_depth))
+
+    def on_inference(self, stage: int, seconds: float) -> None:
+        self.inference.labels(stage=str(stage + 1)).observe(seconds)
