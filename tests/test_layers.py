@@ -11,7 +11,6 @@ ROOT = Path(__file__).resolve().parents[1]
 # low → high; a module may import its own room or a lower one. ``base`` is the top-level
 # modules (errors, files, settings, degrade, the package itself).
 RANK = {"base": 0, "ingest": 1, "inference": 1, "raster": 2, "protocols": 3, "web": 4, "commands": 5}
-SHIMS = {"tileserver.engine": "inference"}  # re-exports for training/upscale.py
 MAX_MODULE_LINES, MAX_FUNCTION_LINES = 400, 60
 
 
@@ -21,8 +20,6 @@ def module_name(path: Path) -> str:
 
 
 def room(module: str) -> str:
-    if module in SHIMS:
-        return SHIMS[module]
     parts = module.split(".")
     return parts[1] if len(parts) > 1 and parts[1] in RANK else "base"
 

@@ -6,12 +6,12 @@ config file. Written atomically (temp file + rename).
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from tileserver.files import write_atomically
 from training.model import GeneratorArgs, MultiScaleGenerator
 
 FORMAT = "msr-checkpoint/1"
@@ -22,9 +22,7 @@ def save(path: Path, model: MultiScaleGenerator, **fields: Any) -> None:
     """Write {format, model_args, model, **fields} atomically."""
     state = {"format": FORMAT, "model_args": dataclasses.asdict(model.args), "model": model.state_dict(), **fields}
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    write_atomically(path, lambda tmp: torch.save(state, tmp))
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -58,6 +56,4 @@ def strip_for_release(src: Path, dst: Path) -> None:
         state.pop(key, None)
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, dst)
+    write_atomically(dst, lambda tmp: torch.save(state, tmp))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from tileserver.files import write_atomically
 from training.metrics import SCALE_NAMES
 
 
@@ -42,7 +43,5 @@ def plot_curves(log_path: Path, png_path: Path, bicubic: list[float]) -> None:
         c.set_ylabel("gain over bicubic, PSNR-Y dB (mean of scales)")
         c.legend(fontsize=7)
     fig.tight_layout()
-    tmp = png_path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=90)
+    write_atomically(png_path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
     plt.close(fig)
-    tmp.replace(png_path)

@@ -3,11 +3,11 @@ and crops PNGs (5X input | bicubic | each model | real) for people to look at.""
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 import numpy as np
 
+from tileserver.files import write_atomically
 from training.metrics import BANDS, SCALE_NAMES
 
 METRICS = [("psnr_rgb", "PSNR RGB (dB)", "{:.2f}", "{:+.2f}"), ("psnr_y", "PSNR-Y (dB)", "{:.2f}", "{:+.2f}"),
@@ -73,12 +73,14 @@ def tables(report: dict) -> str:
 
 def write_csv(path: Path, rows: list[dict]) -> None:
     fields = list(dict.fromkeys(k for r in rows for k in r))
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
-    tmp.replace(path)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields)
+            w.writeheader()
+            w.writerows(rows)
+
+    write_atomically(path, write)
 
 
 def save_crops_png(sample: dict, path: Path, crop40: int = 192) -> None:
@@ -107,7 +109,5 @@ def save_crops_png(sample: dict, path: Path, crop40: int = 192) -> None:
             ax.axis("off")
     fig.suptitle(sample["image"], fontsize=9)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=80)
+    write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=80, format="png"))
     plt.close(fig)
-    tmp.replace(path)

@@ -31,7 +31,7 @@ def torch_upscaler(model) -> Upscaler:
 
 def bundle_upscaler(bundle_dir: Path | str, device: str = "cpu", threads: int | None = None) -> tuple[Upscaler, dict]:
     """An exported bundle's stages through ONNX Runtime, and {"name", "jpeg_quality"}."""
-    from tileserver.engine import create_sessions, load_bundle, to_float, to_uint8
+    from tileserver.inference import create_sessions, load_bundle, to_float, to_uint8
 
     bundle = load_bundle(bundle_dir)
     sessions, _, _ = create_sessions(bundle, device, threads)
