@@ -17,7 +17,8 @@ def test_manifest_fields(bundle):
     assert m["scales"] == [2, 2, 2] and m["magnifications"] == ["5X", "10X", "20X", "40X"]
     assert m["input_mpp"] == 2.0
     assert m["degradation"].startswith("bicubic x1/2 cascade")
-    assert m["licence"] == "CC BY-NC-SA 4.0 (MoNuSeg 2018 training images, Kumar et al.)"
+    assert m["licence"].startswith("CC BY-NC-SA 4.0") and m["licence_url"].endswith("/by-nc-sa/4.0/")
+    assert m["kind"] == "faithful" and "MoNuSeg" in m["training_data"]
     assert m["quality"]["val_psnr_y"] == {"10X": 30.0, "20X": 28.0, "40X": 26.0}
     assert m["parity"]["max_abs_diff"] <= 1e-4
     assert 0 < m["halo"] <= 32 and m["halo"] == max(m["halo_measurement"]["per_stage_halo"])
@@ -124,3 +125,27 @@ def test_fallback_reported_by_the_api(bundle, slide_dir):
         assert f'provider="{h["provider"]}"' in app.test_client().get("/metrics").data.decode()
     finally:
         app.extensions["tileserver"].close()
+
+
+def test_manifest_describes_named_sources_kind_losses_and_per_lab_quality(tmp_path):
+    from training.export import ExportError, losses_of, quality_from, training_data
+
+    sources = [{"name": "radboud", "path": "camelyon16-patches/radboud", "lab": "radboud", "val_patients": ["tumor_064"]},
+               {"name": "utrecht", "path": "camelyon16-patches/utrecht", "lab": "utrecht", "held_out": True}]
+    meta = {"config": {"data": {"sources": sources}}, "train_images": ["a.png", "b.png"],
+            "val_labs": ["radboud", "utrecht", "utrecht"]}
+    d = training_data(meta)
+    assert d["licence"]["name"] == "CC0 1.0"  # CAMELYON only: no share-alike inherited
+    assert [(r["lab"], r["validation_images"]) for r in d["sources"]] == [("radboud", 1), ("utrecht", 2)]
+    assert "held out" in d["sources"][1]["role"] and "2 training images" in d["summary"]
+    sources.append({"name": "monuseg", "path": "monuseg2018-train"})
+    assert training_data(meta)["licence"]["name"].startswith("CC BY-NC-SA 4.0")
+    assert losses_of({"loss": {"l1": 0.06, "adversarial": 0.0, "consistency": 0.5, "vgg_weights": None}}) == \
+        {"l1": 0.06, "consistency": 0.5}
+    report = {"models": {"m (a/last.pt)": {k: {} for k in ("labs", "model", "bicubic", "gain", "mean_over_labs", "worst_lab")},
+                         "other": {}}, "bands_cycles_per_px": [[0.25, 0.5]]}
+    path = tmp_path / "summary.json"
+    path.write_text(json.dumps(report))
+    assert quality_from(path, "m")["bands_cycles_per_px"] == [[0.25, 0.5]]
+    with pytest.raises(ExportError, match="no single evaluation"):
+        quality_from(path, "absent")

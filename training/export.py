@@ -23,9 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PARITY_TOLERANCE = 1e-4
 HALO_TOLERANCE = 0.1 / 255  # float error per stage; leaves room for uint8 rounding along the chain
 BLOCK_SIZE = 128  # recommended block (input pixels per side, before the halo)
-LICENCE = "CC BY-NC-SA 4.0 (MoNuSeg 2018 training images, Kumar et al.)"
 MONUSEG_TILES = 30
-TRAINING_DATA = f"MoNuSeg 2018 training set: {MONUSEG_TILES} H&E 1000x1000 40X tiles from TCGA diagnostic slides (Kumar et al., IEEE TMI 2017)"
+MONUSEG = "MoNuSeg 2018 training set: 30 H&E 1000x1000 40X tiles from TCGA diagnostic slides (Kumar et al., IEEE TMI 2017)"
 INPUT_MPP = 2.0
 TORCH_EXPORTER_LOG = "torch.onnx._internal.exporter._registration"  # says "torchvision is not installed" per op
 
@@ -34,12 +33,52 @@ class ExportError(RuntimeError):
     pass
 
 
-def training_data(val_images: list[str]) -> str:
-    """What the model was trained on, with the split: tiles for training and those held out for validation."""
-    if not val_images:
-        return TRAINING_DATA
-    held = len(val_images)
-    return f"{TRAINING_DATA}; {MONUSEG_TILES - held} for training, {held} held out for validation"
+def training_data(meta: dict) -> dict:
+    """What the model was trained and validated on: each named source with its lab, data set,
+    licence and image counts (a checkpoint from a single folder is described as MoNuSeg)."""
+    from training.datasets import dataset_of, model_licence
+
+    sources = (meta.get("config") or {}).get("data", {}).get("sources") or []
+    train, val_labs = meta.get("train_images") or [], meta.get("val_labs") or []
+    if not sources:
+        held = len(meta.get("val_images") or [])
+        text = MONUSEG + (f"; {MONUSEG_TILES - held} for training, {held} held out for validation" if held else "")
+        return {"summary": text, "sources": [], "licence": model_licence(["monuseg2018-train"])}
+    rows, trained_on = [], []
+    for src in sources:
+        d = dataset_of(src["path"])
+        lab = src.get("lab") or src["name"]
+        n_val = sum(1 for v in val_labs if v == lab)
+        rows.append({"name": src["name"], "lab": lab, "path": src["path"], "dataset": d["title"], "licence": d["licence"],
+                     "role": "held out (validation only: a lab never seen in training)" if src.get("held_out")
+                     else "training, with held-out patients for validation",
+                     "validation_images": n_val, "held_out_patients": src.get("val_patients") or []})
+        if not src.get("held_out"):
+            trained_on.append(src["path"])
+    summary = (f"{len(train)} training images from " + ", ".join(r["lab"] for r in rows if "training" in r["role"])
+               + "; held-out labs: " + (", ".join(r["lab"] for r in rows if "held out" in r["role"]) or "none"))
+    return {"summary": summary, "sources": rows, "licence": model_licence(trained_on)}
+
+
+def losses_of(cfg: dict) -> dict:
+    """The loss terms the model was trained with (non-zero weights)."""
+    return {k: v for k, v in (cfg.get("loss") or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool) and v}
+
+
+def quality_from(evaluation: Path | None, name: str) -> dict | None:
+    """This model's per-lab tables from a ``training/evaluate.py`` summary.json, if given."""
+    import json
+
+    if evaluation is None:
+        return None
+    report = json.loads(Path(evaluation).read_text())
+    mine = {k: v for k, v in report["models"].items() if k == name or k.startswith(f"{name} (")}
+    if len(mine) != 1:
+        raise ExportError(f"{evaluation} holds no single evaluation of {name} (found {sorted(report['models'])})")
+    m = next(iter(mine.values()))
+    keep = ("labs", "model", "bicubic", "gain", "mean_over_labs", "worst_lab")
+    return {"source": Path(evaluation).name, "bands_cycles_per_px": report.get("bands_cycles_per_px"),
+            **{k: m[k] for k in keep}}
 
 
 def real_image(paths: list[Path], val_images: list[str]) -> tuple[np.ndarray, str]:
@@ -47,7 +86,8 @@ def real_image(paths: list[Path], val_images: list[str]) -> tuple[np.ndarray, st
     ../shared/data, else MoNuSeg's TCGA-38-6178 tile out of the tiatoolbox wheel."""
     from PIL import Image
 
-    candidates = list(paths) + [ROOT.parent / "shared" / "data" / "monuseg2018-train" / n for n in val_images]
+    data = ROOT.parent / "shared" / "data"
+    candidates = list(paths) + [p for n in val_images if data.is_dir() for p in sorted(data.rglob(n))[:1]]
     for p in candidates:
         if p.is_file():
             with Image.open(p) as im:
@@ -172,7 +212,7 @@ def export_stages(model, img40: np.ndarray, out: Path, opset: int, log) -> list[
 
 
 def manifest_for(meta: dict, checkpoint: Path, stages: list[dict], img_source: str, opset: int, copy_checkpoint: bool,
-                 name: str | None, version: str | None) -> dict:
+                 name: str | None, version: str | None, evaluation: Path | None = None) -> dict:
     """The bundle's manifest.json (format msr-bundle/1), from the checkpoint's metadata and the checked stages."""
     import torch
 
@@ -189,6 +229,8 @@ def manifest_for(meta: dict, checkpoint: Path, stages: list[dict], img_source: s
         if isinstance(vals, (list, tuple)):
             quality[key] = {s["output"]: round(float(v), 4) for s, v in zip(stages, vals)}
     halos = [s["halo"] for s in stages]
+    data = training_data(meta)
+    evaluation_tables = quality_from(evaluation, meta.get("name") or checkpoint.stem)
     return {
         "format": BUNDLE_FORMAT,
         "name": name or meta.get("name") or checkpoint.stem,
@@ -215,16 +257,21 @@ def manifest_for(meta: dict, checkpoint: Path, stages: list[dict], img_source: s
         },
         "parity": {"max_abs_diff": max(s["parity"] for s in stages), "tolerance": PARITY_TOLERANCE,
                    "image": Path(img_source).name},
-        "training_data": training_data(meta.get("val_images") or []),
-        "licence": LICENCE,
+        "kind": cfg.get("kind", "faithful"),
+        "losses": losses_of(cfg),
+        "training_data": data["summary"],
+        "training_sources": data["sources"],
+        "licence": data["licence"]["name"],
+        "licence_url": data["licence"]["url"],
         "quality": quality,
+        **({"evaluation": evaluation_tables} if evaluation_tables else {}),
         "checkpoint": {"file": "checkpoint.pt" if copy_checkpoint else None, "sha256_of_source": ckpt_sha},
         "onnx": {"opset": opset, "exporter": "torch.onnx.export(dynamo=True)", "torch": torch.__version__},
     }
 
 
 def export(checkpoint: Path, out: Path, images: list[Path], opset: int = 18, copy_checkpoint: bool = True,
-           name: str | None = None, version: str | None = None, log=print) -> dict:
+           name: str | None = None, version: str | None = None, log=print, evaluation: Path | None = None) -> dict:
     """Write the bundle for ``checkpoint`` into ``out`` and return its manifest; the manifest is written
     last (atomically), so a bundle without one is a failed export."""
     import json
@@ -237,7 +284,7 @@ def export(checkpoint: Path, out: Path, images: list[Path], opset: int = 18, cop
     img40, img_source = real_image(images, meta.get("val_images") or [])
     out.mkdir(parents=True, exist_ok=True)
     stages = export_stages(model, img40, out, opset, log)
-    manifest = manifest_for(meta, checkpoint, stages, img_source, opset, copy_checkpoint, name, version)
+    manifest = manifest_for(meta, checkpoint, stages, img_source, opset, copy_checkpoint, name, version, evaluation)
     if copy_checkpoint:
         strip_for_release(checkpoint, out / "checkpoint.pt")
     write_bytes_atomically(out / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
@@ -253,12 +300,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--name", help="model name (default: the checkpoint's)")
     ap.add_argument("--version", help="model version (default: STEP-SHA8 of the checkpoint)")
     ap.add_argument("--no-checkpoint", action="store_true", help="do not copy the (stripped) checkpoint into the bundle")
+    ap.add_argument("--evaluation", type=Path, help="summary.json of training/evaluate.py: its per-lab tables go in the manifest")
     args = ap.parse_args(argv)
     if not args.checkpoint.is_file():
         print(f"export_onnx: error: no checkpoint at {args.checkpoint}", file=sys.stderr)
         return 2
     try:
-        m = export(args.checkpoint, args.out, args.image, args.opset, not args.no_checkpoint, args.name, args.version)
+        m = export(args.checkpoint, args.out, args.image, args.opset, not args.no_checkpoint, args.name, args.version,
+                   evaluation=args.evaluation)
     except (ExportError, ValueError) as e:
         print(f"export_onnx: FAILED: {e}", file=sys.stderr)
         return 1
