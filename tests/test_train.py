@@ -1,4 +1,5 @@
 import csv
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -176,5 +177,23 @@ def test_config_extends_a_base_file(tmp_path):
         load(tmp_path / "loop.yaml")
     realistic = load("training/configs/realistic.yaml")
     faithful = load("training/configs/faithful.yaml")
-    assert realistic.model == faithful.model and realistic.data.sources == faithful.data.sources
-    assert realistic.loss.consistency > 0 and realistic.loss.adversarial > 0 and faithful.loss.adversarial == 0
+    assert dataclasses.replace(realistic.model, projection=0) == faithful.model
+    assert realistic.data.sources == faithful.data.sources and realistic.kind == "realistic" and faithful.kind == "faithful"
+    assert realistic.model.projection == 1 and realistic.loss.adversarial > 0 and faithful.loss.adversarial == 0
+
+
+def test_back_projection_makes_each_stage_consistent_with_its_input():
+    """With projection, every stage's output degraded by the ingest kernel matches its input."""
+    from training.losses import degrade_torch
+    from training.model import GeneratorArgs, SRStage
+
+    torch.manual_seed(0)
+    args = dict(features=8, growth=4, blocks=1, rdbs_per_block=1, dense_layers=1, bicubic_skip=True, init="kaiming")
+    x = torch.rand(1, 3, 40, 40)
+    plain, projected = SRStage(GeneratorArgs(**args)), SRStage(GeneratorArgs(**args, projection=2))
+    projected.load_state_dict(plain.state_dict())
+    for stage in (plain, projected):
+        stage.tail.reset_parameters()  # a residual big enough to disagree with the input
+    projected.load_state_dict(plain.state_dict())
+    err = lambda s: (degrade_torch(s(x), 1) - x)[..., 6:-6, 6:-6].abs().mean().item()
+    assert err(projected) < err(plain) / 3

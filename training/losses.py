@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.functional.image import structural_similarity_index_measure
 
-from training.model import PatchDiscriminator, VGGFeatures
+from training.model import BicubicDown2, PatchDiscriminator, VGGFeatures
 
 
 @dataclasses.dataclass
@@ -45,12 +45,16 @@ def spectrum_loss(sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
     return F.l1_loss(torch.log1p(255 * a), torch.log1p(255 * b))
 
 
+_DOWN = BicubicDown2()
+
+
 def degrade_torch(x: torch.Tensor, halvings: int) -> torch.Tensor:
     """Differentiable twin of ``tileserver.degrade``: antialiased bicubic ×½ (Pillow's
-    kernel), ``halvings`` times. Equal to the ingest degradation within ~1.5/255
-    (Pillow rounds to 8 bits between its two passes)."""
+    kernel), ``halvings`` times. Equal to the ingest degradation within ~1/255 in the
+    interior (Pillow rounds to 8 bits between its two passes)."""
+    down = _DOWN.to(x.device)
     for _ in range(halvings):
-        x = F.interpolate(x, scale_factor=0.5, mode="bicubic", antialias=True, align_corners=False)
+        x = down(x)
     return x
 
 

@@ -42,6 +42,7 @@ class GeneratorArgs:
     beta: float = 0.2
     init: str = "uniform"  # "uniform" (paper: ±0.05) or "kaiming" (PyTorch default)
     bicubic_skip: bool = False
+    projection: int = 0  # back-projection steps per stage: y += up(x - down(y)), so down(y) matches the input
     stages: int = 3
 
     PER_STAGE = ("features", "growth", "blocks")
@@ -147,6 +148,23 @@ class BicubicUp2(nn.Module):
         return self.shuffle(F.conv2d(x, self.weight))
 
 
+class BicubicDown2(nn.Module):
+    """Fixed antialiased bicubic ×½ (Pillow's kernel: a=-0.5 stretched ×2, 8 taps), the
+    differentiable twin of one ``tileserver.degrade.halve``, as a strided depthwise conv
+    (exports to ONNX as a plain Conv). Edges are replicated."""
+
+    def __init__(self, channels: int = 3):
+        super().__init__()
+        taps = torch.tensor([cubic_weight(d / 2) for d in (-3.5, -2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 3.5)])
+        taps /= taps.sum()
+        self.register_buffer("weight", torch.outer(taps, taps).expand(channels, 1, 8, 8).clone(), persistent=False)
+        self.channels = channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.pad(x, (3, 3, 3, 3), mode="replicate")
+        return F.conv2d(x, self.weight, stride=2, groups=self.channels)
+
+
 class SRStage(nn.Module):
     """One ×2 super-resolution block (SRB): RGB (N,3,H,W) → RGB (N,3,2H,2W)."""
 
@@ -157,15 +175,24 @@ class SRStage(nn.Module):
         self.body_tail = conv3(a.features, a.features)
         self.upsample = nn.Sequential(conv3(a.features, 3 * 4), nn.PixelShuffle(2))
         self.tail = conv3(3, 3)
-        self.skip = BicubicUp2() if a.bicubic_skip else None
+        self.skip = BicubicUp2() if a.bicubic_skip or a.projection else None
+        self.add_skip = a.bicubic_skip
+        self.down = BicubicDown2() if a.projection else None
+        self.projection = a.projection
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f0 = self.head(x)
         y = self.tail(self.upsample(self.body_tail(self.body(f0)) + f0))
         if self.skip is None:
             return y
-        with torch.autocast("cuda" if x.is_cuda else "cpu", dtype=torch.bfloat16, enabled=False):  # the bicubic baseline stays exact under bf16 autocast
-            return y.float() + self.skip(x.float())
+        # the bicubic baseline and the projection stay exact (fp32) under bf16 autocast
+        with torch.autocast("cuda" if x.is_cuda else "cpu", dtype=torch.bfloat16, enabled=False):
+            x, y = x.float(), y.float()
+            if self.add_skip:
+                y = y + self.skip(x)
+            for _ in range(self.projection):
+                y = y + self.skip(x - self.down(y))
+            return y
 
 
 class MultiScaleGenerator(nn.Module):
