@@ -197,3 +197,20 @@ def test_back_projection_makes_each_stage_consistent_with_its_input():
     projected.load_state_dict(plain.state_dict())
     err = lambda s: (degrade_torch(s(x), 1) - x)[..., 6:-6, 6:-6].abs().mean().item()
     assert err(projected) < err(plain) / 3
+
+
+def test_only_the_named_stages_train():
+    from training.train import trainable
+
+    torch.manual_seed(0)
+    model = MultiScaleGenerator(load(SMOKE).model)
+    before = [s.head.weight.detach().clone() for s in model.stages]
+    opt = torch.optim.Adam(trainable(model, [3]), lr=1e-2)
+    lr5, *targets = to_tensors(fixed_batch(), torch.device("cpu"))
+    loss, _ = GeneratorLoss(LossWeights())(model(lr5), targets)
+    loss.backward()
+    opt.step()
+    assert torch.equal(model.stages[0].head.weight, before[0]) and torch.equal(model.stages[1].head.weight, before[1])
+    assert not torch.equal(model.stages[2].head.weight, before[2])
+    with pytest.raises(ConfigError, match="train_stages"):
+        trainable(model, [4])

@@ -40,6 +40,7 @@ class OptimConfig:
     min_lr: float = 1e-7
     d_lr: float = 2e-4
     d_betas: tuple[float, float] = (0.5, 0.999)
+    train_stages: list[int] = dataclasses.field(default_factory=list)  # 1-based stages to train (empty = all)
 
 
 @dataclasses.dataclass

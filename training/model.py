@@ -42,7 +42,7 @@ class GeneratorArgs:
     beta: float = 0.2
     init: str = "uniform"  # "uniform" (paper: ±0.05) or "kaiming" (PyTorch default)
     bicubic_skip: bool = False
-    projection: int = 0  # back-projection steps per stage: y += up(x - down(y)), so down(y) matches the input
+    projection: int = 0  # back-projection steps per stage, at the 5X level (see SRStage)
     stages: int = 3
 
     PER_STAGE = ("features", "growth", "blocks")
@@ -166,10 +166,16 @@ class BicubicDown2(nn.Module):
 
 
 class SRStage(nn.Module):
-    """One ×2 super-resolution block (SRB): RGB (N,3,H,W) → RGB (N,3,2H,2W)."""
+    """One ×2 super-resolution block (SRB): RGB (N,3,H,W) → RGB (N,3,2H,2W).
 
-    def __init__(self, a: GeneratorArgs):
+    With ``projection``, stage ``index`` (0 = 5X→10X) ends with back-projection at the
+    5X level: r = down^index(x) − down^(index+1)(y), y += up^(index+1)(r), with the fixed
+    ingest kernel as ``down`` and bicubic ×2 as ``up``. Only what the 5X scan resolved is
+    pinned down; detail above its Nyquist frequency is left to the network."""
+
+    def __init__(self, a: GeneratorArgs, index: int = 0):
         super().__init__()
+        self.index = index
         self.head = conv3(3, a.features)
         self.body = nn.Sequential(*(RRDB(a) for _ in range(a.blocks)))
         self.body_tail = conv3(a.features, a.features)
@@ -190,9 +196,18 @@ class SRStage(nn.Module):
             x, y = x.float(), y.float()
             if self.add_skip:
                 y = y + self.skip(x)
+            x5 = self._down(x, self.index) if self.projection else None
             for _ in range(self.projection):
-                y = y + self.skip(x - self.down(y))
+                r = x5 - self._down(y, self.index + 1)
+                for _ in range(self.index + 1):
+                    r = self.skip(r)
+                y = y + r
             return y
+
+    def _down(self, t: torch.Tensor, times: int) -> torch.Tensor:
+        for _ in range(times):
+            t = self.down(t)
+        return t
 
 
 class MultiScaleGenerator(nn.Module):
@@ -201,7 +216,7 @@ class MultiScaleGenerator(nn.Module):
     def __init__(self, args: GeneratorArgs | None = None):
         super().__init__()
         self.args = args or GeneratorArgs()
-        self.stages = nn.ModuleList(SRStage(self.args.for_stage(k)) for k in range(self.args.stages))
+        self.stages = nn.ModuleList(SRStage(self.args.for_stage(k), k) for k in range(self.args.stages))
         initialise(self, self.args)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:

@@ -104,6 +104,21 @@ LOG_FIELDS = ["step", "epoch", "lr", "loss", "l1", "ssim", "fft", "perceptual", 
               "spectrum", "consistency", "d_loss", *[f"val_psnr_y_{s}" for s in SCALE_NAMES], "val_psnr_y_mean", *[f"val_40X_band{b}" for b in range(4)], "val_consistency", "threshold", "seconds"]
 
 
+def trainable(model: MultiScaleGenerator, stages: list[int]) -> list[torch.nn.Parameter]:
+    """Parameters of the 1-based ``stages`` (all when empty); the others are frozen."""
+    unknown = set(stages) - set(range(1, len(model.stages) + 1))
+    if unknown:
+        raise ConfigError(f"optim.train_stages names stages {sorted(unknown)}; the model has {len(model.stages)}")
+    params = []
+    for k, stage in enumerate(model.stages, start=1):
+        train = not stages or k in stages
+        for p in stage.parameters():
+            p.requires_grad_(train)
+            if train:
+                params.append(p)
+    return params
+
+
 class Trainer:
     """Model, optimisers, data and the running state of one training run."""
 
@@ -116,7 +131,7 @@ class Trainer:
         self.val = ValidationSet.from_paths(data.val, cfg.data.val_crop, cfg.data.jpeg_quality)
         self.bicubic = self.val.bicubic_psnr_y_by_lab()
         self.model = MultiScaleGenerator(cfg.model).to(dev)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas)
+        self.opt = torch.optim.Adam(trainable(self.model, cfg.optim.train_stages), lr=cfg.optim.lr, betas=cfg.optim.betas)
         vgg = VGGFeatures(cfg.loss.vgg_weights).to(dev) if cfg.loss.perceptual else None
         self.disc = PatchDiscriminator(width=cfg.loss.disc_width).to(dev) if cfg.loss.adversarial or cfg.loss.feature_match else None
         self.d_opt = torch.optim.Adam(self.disc.parameters(), lr=cfg.optim.d_lr, betas=cfg.optim.d_betas) if self.disc else None
