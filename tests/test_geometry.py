@@ -48,26 +48,5 @@ def test_level_source_native_and_range():
         g.level_source(11, 10, 3)
 
 
-def test_block_spans_and_windows():
-    assert g.block_span(0, 254, 2) == (-2, 256)
-    assert g.block_span(3, 254, 2) == (760, 1018)
-    assert g.block_window(0, 254, 2, 8) == (-9, 136)
-    assert g.block_window(3, 254, 2, 8) == (372, 517)
-    # every window has the same (fixed) size: (stride + 2 margin) / 2 + 2 halo
-    assert {b - a for a, b in (g.block_window(i, 254, 2, 8) for i in range(50))} == {145}
-    with pytest.raises(ValueError):
-        g.block_window(0, 255, 2, 8)
-
-
-def test_tiles_fall_in_one_block():
-    size = 1000
-    for col in range(4):
-        x, _, w, _ = g.tile_region((size, 600), 254, 1, col, 0)
-        assert g.containing_block(x, x + w, 254, 2, size) == col
-    assert g.containing_block(200, 300, 254, 2, size) is None  # straddles two cores
-    assert list(g.blocks_for_span(200, 300, 254)) == [0, 1]
-    assert list(g.blocks_for_span(254, 508, 254)) == [1]
-
-
 def test_block_stride_and_margin():
     assert (g.block_stride(254), g.block_stride(255), g.block_margin(1), g.block_margin(0), g.block_margin(2)) == (254, 256, 2, 0, 2)

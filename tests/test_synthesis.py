@@ -5,6 +5,7 @@ import time
 import numpy as np
 import pytest
 
+from tileserver.raster.blockgrid import Grid
 from tileserver.raster.cache import ByteLRU
 from tileserver.raster.stored import ImageRaster, OpenSlideRaster
 from tileserver.raster.planes import BicubicPlane, SingleFlight, StoredPlane, SynthesizedPlane, read_padded
@@ -23,7 +24,7 @@ def plane(request, slide_dir):
     stored = StoredPlane(OpenSlideRaster(slide_dir / "he5x.tif"))
     if request.param == "bicubic":
         return BicubicPlane(stored, 2)
-    return SynthesizedPlane("s", 1, stored, nearest_stage, 64, 2, 3, ByteLRU("b", 1 << 24), SingleFlight())
+    return SynthesizedPlane("s", 1, stored, nearest_stage, Grid(64, 2, (3,), ()), ByteLRU("b", 1 << 24), SingleFlight())
 
 
 class TestRasterContract:
@@ -52,7 +53,7 @@ class TestRasterContract:
 
 def test_synthesized_nearest_is_exact(slide_dir):
     stored = StoredPlane(OpenSlideRaster(slide_dir / "he5x.tif"))
-    p = SynthesizedPlane("s", 1, stored, nearest_stage, 64, 2, 3, ByteLRU("b", 1 << 24), SingleFlight())
+    p = SynthesizedPlane("s", 1, stored, nearest_stage, Grid(64, 2, (3,), ()), ByteLRU("b", 1 << 24), SingleFlight())
     w, h = stored.size
     assert np.array_equal(p.read(0, 0, 2 * w, 2 * h), nearest_stage(stored.read(0, 0, w, h)))
 
@@ -93,7 +94,7 @@ def test_single_flight_runs_once():
 def test_block_cache_stays_in_budget(slide_dir):
     stored = StoredPlane(OpenSlideRaster(slide_dir / "he5x.tif"))
     cache = ByteLRU("b", 40_000)
-    p = SynthesizedPlane("s", 1, stored, nearest_stage, 32, 2, 2, cache, SingleFlight())
+    p = SynthesizedPlane("s", 1, stored, nearest_stage, Grid(32, 2, (2,), ()), cache, SingleFlight())
     w, h = p.size
     for y in range(0, h - 16, 16):
         for x in range(0, w - 16, 16):

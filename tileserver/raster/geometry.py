@@ -4,11 +4,9 @@ Coordinates are named by their plane. Planes of a synthesized slide are
 numbered from the stored one: plane 0 = 5X (stored), 1 = 10X, 2 = 20X,
 3 = 40X; plane p is ``2**p`` times the stored size. Deep Zoom level 0 is
 1×1 px and the top level is the virtual full image (40X for a synthesized
-slide, the scanned level 0 otherwise). Synthesized planes are cut into a
-fixed grid of blocks: block ``b`` covers the core ``[b·S, (b+1)·S)`` and is
-computed with an ``m``-pixel margin around it (so a Deep Zoom tile with its
-overlap lies in one block) from an input window with a ``halo`` on the plane
-below. Regions are half-open ``(x, y, w, h)``. No I/O, no pixels.
+slide, the scanned level 0 otherwise). Synthesized planes are cut into
+blocks whose top-plane stride and margin follow the tile grid (the grids
+themselves: ``blockgrid``). Regions are half-open ``(x, y, w, h)``. No I/O, no pixels.
 """
 from __future__ import annotations
 
@@ -66,39 +64,8 @@ def level_source(level: int, top: int, synthesized: int) -> tuple[int, int]:
     return 0, 2 ** (stored_level - level)
 
 
-def block_span(b: int, stride: int, margin: int) -> tuple[int, int]:
-    """Output pixels [start, end) that block ``b`` computes on its plane (core ± margin)."""
-    return b * stride - margin, (b + 1) * stride + margin
-
-
-def block_window(b: int, stride: int, margin: int, halo: int) -> tuple[int, int]:
-    """Input window [start, end) on the plane below (half resolution) for block ``b``, halo included."""
-    if stride % 2 or margin % 2:
-        raise ValueError("block stride and margin must be even")
-    start, end = block_span(b, stride, margin)
-    return start // 2 - halo, end // 2 + halo
-
-
-def blocks_for_span(start: int, end: int, stride: int) -> range:
-    """Blocks whose cores cover [start, end)."""
-    return range(start // stride, (end - 1) // stride + 1)
-
-
-def containing_block(start: int, end: int, stride: int, margin: int, size: int) -> int | None:
-    """A block whose computed span (core ± margin, clipped to [0, size)) holds all of
-    [start, end), or None. The block with the largest index that starts early enough wins."""
-    b = min((start + margin) // stride, (size - 1) // stride)
-    lo, hi = block_span(b, stride, margin)
-    return b if max(lo, 0) <= start and end <= min(hi, size) else None
-
-
 def clip_span(start: int, end: int, size: int) -> tuple[int, int]:
     return max(0, start), min(size, end)
-
-
-def block_input_side(stride: int, margin: int, halo: int) -> int:
-    """Side of the fixed input window of every block (``block_window``'s length): one shape per stage."""
-    return (stride + 2 * margin) // 2 + 2 * halo
 
 
 def block_stride(tile_size: int) -> int:

@@ -1,10 +1,12 @@
 """Rasters of one slide, one per plane: the stored one and synthesized ones.
 
-A synthesized plane is computed lazily in fixed blocks (``geometry``): the
-input window with its halo is read from the plane below (reflection-padded
-only where it leaves the slide), run through one ×2 stage, cropped, and kept
-as uint8 in a byte-bounded LRU. Concurrent requests for one block wait on one
-computation (single-flight). The bicubic planes make the same pyramid by
+A synthesized plane is computed lazily in fixed blocks on a stage-aligned
+grid (``blockgrid``): a block's input window with its halo is cut from the one
+block below that holds it (or read from the stored plane), reflection-padded
+only where it leaves the slide, run through one ×2 stage, cropped, and kept
+as uint8 in a byte-bounded LRU; a cold top block costs one chain. Concurrent
+requests for one block wait on one computation (single-flight), which
+carries the demand of all its waiters to the inference queue. The bicubic planes make the same pyramid by
 bicubic interpolation of the stored plane, for audit.
 """
 from __future__ import annotations
@@ -12,12 +14,14 @@ from __future__ import annotations
 import dataclasses
 import threading
 from concurrent.futures import Future
-from typing import Callable, Hashable, Iterable, Protocol, TypeVar
+from typing import Callable, Hashable, Protocol, TypeVar
 
 import numpy as np
 from PIL import Image
 
+from tileserver.inference.queue import Cancelled, Demand, current_demand, demand_scope
 from tileserver.raster import geometry as g
+from tileserver.raster.blockgrid import Grid
 from tileserver.raster.cache import Cache
 from tileserver.raster.stored import StoredRaster
 
@@ -34,22 +38,35 @@ class Plane(Protocol):
 
 
 class SingleFlight:
-    """``do(key, fn)``: the first caller runs ``fn``; concurrent callers with the same key wait for its result."""
+    """``do(key, fn)``: the first caller runs ``fn``; concurrent callers with the same key wait for its result.
+    The work carries the demand (``inference.queue``) of every caller waiting for it: the leader runs ``fn``
+    under their union, so inference it submits is as urgent as the most urgent waiter and is dropped only when
+    none of them is left. A follower whose leader's work was dropped before it joined leads it again."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._calls: dict[Hashable, Future] = {}
+        self._calls: dict[Hashable, tuple[Future, Demand]] = {}
 
     def do(self, key: Hashable, fn: Callable[[], T]) -> T:
-        with self._lock:
-            fut = self._calls.get(key)
-            leader = fut is None
+        mine = current_demand()
+        while True:
+            with self._lock:
+                entry = self._calls.get(key)
+                leader = entry is None
+                if leader:
+                    entry = self._calls[key] = (Future(), Demand(None))
+                fut, demand = entry
+                demand.join(mine)
             if leader:
-                fut = self._calls[key] = Future()
-        if not leader:
-            return fut.result()
+                break
+            try:
+                return fut.result()
+            except Cancelled:
+                if mine.state() is None:
+                    raise
         try:
-            value = fn()
+            with demand_scope(demand):
+                value = fn()
             fut.set_result(value)
             return value
         except BaseException as e:
@@ -105,15 +122,28 @@ def check_region(size: tuple[int, int], x: int, y: int, w: int, h: int) -> None:
         raise ValueError(f"region {(x, y, w, h)} outside the {W}x{H} plane")
 
 
-class SynthesizedPlane:
-    """Plane ``index`` (≥ 1) made by one stage from the plane below, block by block."""
+class _BlockView:
+    """One cached block seen as the plane it belongs to (reads must lie inside the block)."""
 
-    def __init__(self, key: Hashable, index: int, below: Plane, stage: Stage, stride: int, margin: int, halo: int,
-                 cache: Cache, flights: SingleFlight):
-        if stride % 2 or margin % 2 or stride < 2:
-            raise ValueError("block stride and margin must be even")
-        self.key, self.index, self.below, self.stage = key, index, below, stage
-        self.stride, self.margin, self.halo = stride, margin, halo
+    def __init__(self, block: Block, size: tuple[int, int]):
+        self.block, self.size = block, size
+
+    def read(self, x: int, y: int, w: int, h: int) -> np.ndarray:
+        b = self.block
+        bh, bw = b.pixels.shape[:2]
+        if x < b.x or y < b.y or x + w > b.x + bw or y + h > b.y + bh:
+            raise AssertionError(f"region {(x, y, w, h)} not inside the parent block at {(b.x, b.y, bw, bh)}")
+        return b.pixels[y - b.y:y + h - b.y, x - b.x:x + w - b.x]
+
+
+class SynthesizedPlane:
+    """Plane ``index`` (>= 1) made by one stage from the plane below, block by block on ``grid``: a block's
+    input window comes from the one parent block below that holds it (``blockgrid``), or from the stored plane."""
+
+    def __init__(self, key: Hashable, index: int, below: Plane, stage: Stage, grid: Grid, cache: Cache,
+                 flights: SingleFlight):
+        self.key, self.index, self.below, self.stage, self.grid = key, index, below, stage, grid
+        self.halo = grid.halos[index - 1]
         self.size = (below.size[0] * 2, below.size[1] * 2)
         self.cache, self.flights = cache, flights
 
@@ -124,15 +154,21 @@ class SynthesizedPlane:
             return blk
         return self.flights.do(key, lambda: self.cache.get(key, count=False) or self._compute(key, bx, by))
 
+    def _input(self, bx: int, by: int) -> np.ndarray:
+        """The block's input window (halo included), reflected where it leaves the plane below."""
+        g_, p = self.grid, self.index
+        (wx0, wx1), (wy0, wy1) = g_.window(p, bx), g_.window(p, by)
+        below = self.below
+        if isinstance(below, SynthesizedPlane):
+            below = _BlockView(below.block(g_.parent(p, bx), g_.parent(p, by)), below.size)
+        return read_padded(below, wx0, wy0, wx1, wy1)
+
     def _compute(self, key: Hashable, bx: int, by: int) -> Block:
-        s, m, h = self.stride, self.margin, self.halo
-        wx0, wx1 = g.block_window(bx, s, m, h)
-        wy0, wy1 = g.block_window(by, s, m, h)
-        out = self.stage(read_padded(self.below, wx0, wy0, wx1, wy1))
+        h, p = self.halo, self.index
+        out = self.stage(self._input(bx, by))
         if h:
             out = out[2 * h:-2 * h, 2 * h:-2 * h]
-        sx0, sx1 = g.block_span(bx, s, m)
-        sy0, sy1 = g.block_span(by, s, m)
+        (sx0, sx1), (sy0, sy1) = self.grid.span(p, bx), self.grid.span(p, by)
         cx0, cx1 = g.clip_span(sx0, sx1, self.size[0])
         cy0, cy1 = g.clip_span(sy0, sy1, self.size[1])
         pixels = np.ascontiguousarray(out[cy0 - sy0:cy1 - sy0, cx0 - sx0:cx1 - sx0])
@@ -141,40 +177,25 @@ class SynthesizedPlane:
         self.cache.put(key, blk)
         return blk
 
-    def layout(self, x: int, y: int, w: int, h: int) -> tuple[bool, Iterable[tuple[int, int]]]:
-        """The blocks ``read`` uses for a region, and whether one block (core ± margin) holds it all
-        (a tile with its overlap); otherwise they are the blocks whose cores cover it."""
-        W, H = self.size
-        s, m = self.stride, self.margin
-        bx = g.containing_block(x, x + w, s, m, W)
-        by = g.containing_block(y, y + h, s, m, H)
-        if bx is not None and by is not None:
-            return True, [(bx, by)]
-        return False, ((bx, by) for by in g.blocks_for_span(y, y + h, s) for bx in g.blocks_for_span(x, x + w, s))
+    def layout(self, x: int, y: int, w: int, h: int) -> list[tuple[int, int]]:
+        """The blocks ``read`` uses for a region (one for a top-plane tile with its overlap)."""
+        (x0, x1), (y0, y1) = self.grid.serving(self.index, x, x + w), self.grid.serving(self.index, y, y + h)
+        return [(bx, by) for by in range(y0, y1 + 1) for bx in range(x0, x1 + 1)]
 
     def cached(self, bx: int, by: int) -> bool:
         return self.cache.contains((self.key, self.index, bx, by))
 
-    def input_region(self, bx: int, by: int) -> tuple[int, int, int, int]:
-        """The region of the plane below that computing block (bx, by) reads (its window, clipped)."""
-        s, m, h = self.stride, self.margin, self.halo
-        x0, x1 = g.clip_span(*g.block_window(bx, s, m, h), self.below.size[0])
-        y0, y1 = g.clip_span(*g.block_window(by, s, m, h), self.below.size[1])
-        return x0, y0, x1 - x0, y1 - y0
-
     def read(self, x: int, y: int, w: int, h: int) -> np.ndarray:
         check_region(self.size, x, y, w, h)
-        single, blocks = self.layout(x, y, w, h)
-        if single:
-            blk = self.block(*next(iter(blocks)))
+        xs, ys = self.grid.pieces(self.index, x, x + w), self.grid.pieces(self.index, y, y + h)
+        if len(xs) == 1 and len(ys) == 1:
+            blk = self.block(xs[0][0], ys[0][0])
             return blk.pixels[y - blk.y:y + h - blk.y, x - blk.x:x + w - blk.x]
-        s = self.stride
         out = np.empty((h, w, 3), np.uint8)
-        for bx, by in blocks:
-            blk = self.block(bx, by)
-            x0, x1 = max(x, bx * s), min(x + w, (bx + 1) * s)
-            y0, y1 = max(y, by * s), min(y + h, (by + 1) * s)
-            out[y0 - y:y1 - y, x0 - x:x1 - x] = blk.pixels[y0 - blk.y:y1 - blk.y, x0 - blk.x:x1 - blk.x]
+        for by, y0, y1 in ys:
+            for bx, x0, x1 in xs:
+                blk = self.block(bx, by)
+                out[y0 - y:y1 - y, x0 - x:x1 - x] = blk.pixels[y0 - blk.y:y1 - blk.y, x0 - blk.x:x1 - blk.x]
         return out
 
 
@@ -201,30 +222,36 @@ class BicubicPlane:
 class SlideRasters:
     """Planes 0..n of one synthesized slide (n = the number of stages), model and bicubic."""
 
-    def __init__(self, key: Hashable, raster: StoredRaster, stages: list[Stage], stride: int, margin: int,
-                 halos: list[int], cache: Cache, flights: SingleFlight):
+    def __init__(self, key: Hashable, raster: StoredRaster, stages: list[Stage], grid: Grid, cache: Cache,
+                 flights: SingleFlight):
+        if len(stages) != grid.top:
+            raise ValueError(f"{len(stages)} stages on a grid of {grid.top} planes")
         stored = StoredPlane(raster)
+        self.grid = grid
         self.model: list[Plane] = [stored]
-        for k, (stage, halo) in enumerate(zip(stages, halos)):
-            self.model.append(SynthesizedPlane(key, k + 1, self.model[-1], stage, stride, margin, halo, cache, flights))
+        for k, stage in enumerate(stages):
+            self.model.append(SynthesizedPlane(key, k + 1, self.model[-1], stage, grid, cache, flights))
         self.bicubic: list[Plane] = [stored] + [BicubicPlane(stored, k + 1) for k in range(len(stages))]
 
     def missing_blocks(self, plane: int, x: int, y: int, w: int, h: int, limit: int) -> int:
-        """Blocks not cached yet that reading a region of model plane ``plane`` would synthesize, on that
-        plane and the planes below it (each counted once); counting stops just past ``limit``. No pixels."""
-        count, regions = 0, [(x, y, w, h)]
-        for p in range(plane, 0, -1):
-            sp = self.model[p]
-            assert isinstance(sp, SynthesizedPlane)
-            missing: dict[tuple[int, int], None] = {}
-            for r in regions:
-                for b in sp.layout(*r)[1]:
-                    if b not in missing and not sp.cached(*b):
-                        missing[b] = None
-                        if count + len(missing) > limit:
-                            return count + len(missing)
-            count += len(missing)
-            regions = [sp.input_region(*b) for b in missing]
-            if not regions:
+        """Blocks not cached yet that reading a region of model plane ``plane`` would synthesize: the
+        blocks serving it and, for each, its chain of parents below (each counted once); counting stops
+        just past ``limit``. No pixels."""
+        missing: set[tuple[int, int, int]] = set()
+        todo = [(plane, b) for b in self.synthesized(plane).layout(x, y, w, h)]
+        while todo:
+            p, (bx, by) = todo.pop()
+            if (p, bx, by) in missing or self.synthesized(p).cached(bx, by):
+                continue
+            missing.add((p, bx, by))
+            if len(missing) > limit:
                 break
-        return count
+            if p > 1:
+                todo.append((p - 1, (self.grid.parent(p, bx), self.grid.parent(p, by))))
+        return len(missing)
+
+    def synthesized(self, plane: int) -> "SynthesizedPlane":
+        sp = self.model[plane]
+        if not isinstance(sp, SynthesizedPlane):
+            raise ValueError(f"plane {plane} is not synthesized")
+        return sp

@@ -23,6 +23,7 @@ from tileserver.errors import NotFound, OverBudget
 from tileserver.inference import Bundle, Engine, load_bundle
 from tileserver.inference.engine import StageTimer
 from tileserver.raster import geometry as g
+from tileserver.raster.blockgrid import Grid, default_fans
 from tileserver.raster.cache import ByteLRU
 from tileserver.raster.catalog import Catalog, SlideInfo
 from tileserver.raster.encode import encode, mimetype
@@ -83,7 +84,9 @@ class TileService:
         self.tiles = ByteLRU("tiles", int(budget * s.tile_cache_fraction))
         self.blocks = ByteLRU("blocks", budget - self.tiles.max_bytes)
         self.flights = SingleFlight()
-        self.stride, self.margin = g.block_stride(s.tile_size), g.block_margin(s.overlap)
+        halos = tuple(self.bundle.stage_halo(k) for k in range(self.bundle.stages))
+        self.grid = Grid(g.block_stride(s.tile_size), g.block_margin(s.overlap), halos, default_fans(len(halos)))
+        self.stride = self.grid.stride  # the top blocks' side: IIIF's tile size
         self._rasters: dict[str, SlideRasters] = {}
         self._lock = threading.Lock()
         if s.warm_up:
@@ -91,9 +94,8 @@ class TileService:
 
     @property
     def block_shapes(self) -> list[tuple[int, int]]:
-        """The fixed input shape of each stage's blocks: the tile grid's block plus the stage's halo."""
-        sides = [g.block_input_side(self.stride, self.margin, self.bundle.stage_halo(k)) for k in range(self.bundle.stages)]
-        return [(side, side) for side in sides]
+        """The fixed input shape of each stage's blocks (``blockgrid``)."""
+        return [(self.grid.input_side(p), self.grid.input_side(p)) for p in range(1, self.grid.top + 1)]
 
     def close(self) -> None:
         self.engine.close()
@@ -170,7 +172,6 @@ class TileService:
             if planes is None:
                 info, raster = self.catalog.get(sid)
                 stages = [lambda img, k=k: self.engine.run(k, img[None])[0] for k in range(self.bundle.stages)]
-                halos = [self.bundle.stage_halo(k) for k in range(self.bundle.stages)]
                 planes = self._rasters[sid] = SlideRasters((info.stamp, self.bundle.model_id), raster, stages,
-                                                           self.stride, self.margin, halos, self.blocks, self.flights)
+                                                           self.grid, self.blocks, self.flights)
             return planes

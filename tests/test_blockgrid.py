@@ -1,0 +1,72 @@
+"""Stage-aligned block grids: exact tuples for the served grid, and the chain property
+(a block's whole input window lies in its one parent's output) for many grids."""
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from tileserver.raster import geometry as g
+from tileserver.raster.blockgrid import Grid, default_fans
+
+MSR_LITE = Grid(254, 2, (8, 10, 8), (2, 1))  # the default grid for msr-lite's halos and 254 px tiles
+
+
+def test_default_fans():
+    assert default_fans(3) == (2, 1) and default_fans(2) == (1,) and default_fans(1) == () and default_fans(4) == (2, 2, 1)
+
+
+def test_msr_lite_grid_exact():
+    gr = MSR_LITE
+    assert gr.lengths == (158, 146, 258)
+    assert [gr.input_side(p) for p in (1, 2, 3)] == [95, 93, 145]
+    # top blocks follow the 254 px tiles: core ± 2
+    assert (gr.core(3, 3), gr.span(3, 3), gr.window(3, 3)) == ((762, 1016), (760, 1018), (372, 517))
+    # the 20X block of top block 3 computes exactly its window, rounded to an even start
+    assert gr.parent(3, 3) == 3 and gr.span(2, 3) == (372, 372 + 146) and gr.core(2, 3) == (381, 508)
+    # one 10X block per 2 x 2 20X blocks
+    assert gr.parent(2, 3) == 1 and gr.parent(2, 2) == 1 and gr.core(1, 1) == (127, 254)
+    assert gr.span(1, 1) == (112, 270) and gr.window(1, 1) == (48, 143)
+
+
+def test_a_top_tile_with_its_overlap_needs_one_block():
+    level = (2000, 1500)
+    for col in range(8):
+        x, _, w, _ = g.tile_region(level, 254, 1, col, 0)
+        assert MSR_LITE.serving(3, x, x + w) == (col, col)
+    assert MSR_LITE.serving(3, 200, 300) == (0, 1)  # straddles two cores
+
+
+def test_lower_plane_tiles_and_pieces():
+    # a 20X tile (254 + overlap) is served by the 2 blocks of its two top blocks per axis
+    x, _, w, _ = g.tile_region((2000, 1500), 254, 1, 2, 0)
+    assert MSR_LITE.serving(2, x, x + w) == (4, 5)
+    assert MSR_LITE.pieces(2, x, x + w) == [(4, x, 635), (5, 635, x + w)]
+    with pytest.raises(ValueError):
+        Grid(255, 2, (8,), ())
+    with pytest.raises(ValueError):
+        Grid(254, 2, (8, 8), ())
+
+
+@settings(max_examples=60, deadline=None)
+@given(stride=st.integers(2, 200).map(lambda v: 2 * v), margin=st.integers(0, 4).map(lambda v: 2 * v),
+       halos=st.lists(st.integers(0, 12), min_size=1, max_size=4), data=st.data())
+def test_chain_property(stride, margin, halos, data):
+    fans = tuple(data.draw(st.lists(st.integers(1, 3), min_size=len(halos) - 1, max_size=len(halos) - 1)))
+    gr = Grid(stride, margin, tuple(halos), fans)
+    for p in range(1, gr.top + 1):
+        for b in range(-1, 40):
+            s0, s1 = gr.span(p, b)
+            c0, c1 = gr.core(p, b)
+            assert s0 % 2 == 0 and s1 - s0 == gr.lengths[p - 1]  # pixel pairs, one shape per stage
+            assert s0 <= c0 - margin and c1 + margin <= s1 and c1 == gr.core(p, b + 1)[0]  # cores tile the plane
+            assert gr.core_index(p, c0) == b and gr.core_index(p, c1 - 1) == b
+            w0, w1 = gr.window(p, b)
+            assert w1 - w0 == gr.input_side(p)
+            if p > 1:
+                q0, q1 = gr.span(p - 1, gr.parent(p, b))
+                assert q0 <= w0 and w1 <= q1  # the whole window comes from the one parent block
+    for p in range(1, gr.top + 1):  # every region is served from inside the serving blocks' spans
+        for _ in range(20):
+            a = data.draw(st.integers(0, 30 * stride))
+            e = a + data.draw(st.integers(1, 3 * stride))
+            for blk, lo, hi in gr.pieces(p, a, e):
+                s0, s1 = gr.span(p, blk)
+                assert s0 <= lo < hi <= s1
