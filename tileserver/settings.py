@@ -35,6 +35,9 @@ class Settings:
     http_threads: int = option(8, "waitress worker threads")
     queue_size: int = option(32, "inference jobs that may wait before 503", flag="--queue")
     assume_mpp: float | None = option(None, "mpp (µm/px) for slides that carry none", cast=float)
+    prefetch_blocks: int = option(64, "blocks synthesized ahead while the model is idle, one magnification above "
+                                      "what a viewer looks at (0: off)")
+    prefetch_mb: float = option(32, "block pixels one prefetch burst may add to the block cache (MiB)", cast=float)
     tile_size: int = option(254, "Deep Zoom tile side (px); synthesized blocks follow the tile grid")
     overlap: int = option(1, "Deep Zoom tile overlap (px)")
     jpeg_quality: int = option(90, "JPEG and WebP quality of tiles (1-100)")
@@ -73,6 +76,7 @@ class Settings:
             (self.device in DEVICES, f"--device must be one of {', '.join(DEVICES)}"),
             (self.threads is None or self.threads >= 0, "--threads must not be negative"),
             (self.http_threads >= 1 and self.queue_size >= 1, "--http-threads and --queue must be at least 1"),
+            (self.prefetch_blocks >= 0 and self.prefetch_mb >= 0, "--prefetch-blocks and --prefetch-mb must not be negative"),
             (self.synthesis_budget >= 0, "--synthesis-budget must not be negative"),
             (self.max_area >= 1 and self.max_side >= 1, "--max-area and --max-side must be positive"),
             (self.assume_mpp is None or self.assume_mpp > 0, "--assume-mpp must be positive"),

@@ -83,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
         svc = app.extensions["tileserver"]
         log.info("serving %d slide(s) from %s with %s on %s at http://%s:%d/", len(svc.slides()), s.slide_dir,
                  svc.bundle.model_id, svc.engine.provider, s.host, socks[0].getsockname()[1])
-        serve(app, sockets=socks, threads=s.http_threads, ident="msr-tileserver")
+        # lookahead lets waitress notice a client that left, so its queued inference is dropped
+        serve(app, sockets=socks, threads=s.http_threads, ident="msr-tileserver", channel_request_lookahead=1)
     finally:
         for sock in socks:
             sock.close()

@@ -28,6 +28,7 @@ from tileserver.raster.cache import ByteLRU
 from tileserver.raster.catalog import Catalog, SlideInfo
 from tileserver.raster.encode import encode, mimetype
 from tileserver.raster.planes import SingleFlight, SlideRasters
+from tileserver.raster.prefetch import Prefetcher, current_viewer
 from tileserver.settings import Settings
 
 MODES = ("sr", "bicubic")
@@ -89,6 +90,7 @@ class TileService:
         self.stride = self.grid.stride  # the top blocks' side: IIIF's tile size
         self._rasters: dict[str, SlideRasters] = {}
         self._lock = threading.Lock()
+        self.prefetch = Prefetcher(self.engine.queue, self._rasters_of, s.prefetch_blocks, int(s.prefetch_mb * 2**20))
         if s.warm_up:
             self.engine.warm_up(self.block_shapes)
 
@@ -98,6 +100,7 @@ class TileService:
         return [(self.grid.input_side(p), self.grid.input_side(p)) for p in range(1, self.grid.top + 1)]
 
     def close(self) -> None:
+        self.prefetch.close()
         self.engine.close()
         self.catalog.close()
 
@@ -140,13 +143,18 @@ class TileService:
         """The encoded tile, from the cache or made now: pixels → ``transform`` → encode → cache.
         With a ``budget``, a tile that would synthesize more uncached blocks is refused first."""
         body = self.tiles.get(ref.key)
+        if ref.kind != "bicubic" and ref.downsample == 1 and self.planes_above(self.slide(ref.slide)):
+            self.prefetch.note(current_viewer(), ref.slide, ref.plane, ref.region)
         if body is not None:
             return Tile(ref, body, True)
         if budget is not None:
             needed = self.missing_blocks(ref, budget)
             if needed > budget:
                 raise OverBudget(needed, budget)
-        pixels = self.pixels(ref)
+        with self.prefetch.interactive():
+            if ref.kind == "synthesized":
+                self.prefetch.served_from_prefetch(self._ready_blocks(ref))
+            pixels = self.pixels(ref)
         body = encode(transform(pixels) if transform else pixels, ref.format, self.settings.jpeg_quality)
         if len(body) <= self.settings.max_cached_body:
             self.tiles.put(ref.key, body)
@@ -159,6 +167,19 @@ class TileService:
             return self.catalog.get(ref.slide)[1].read(x, y, w, h, ref.downsample)
         planes = self._rasters_of(ref.slide)
         return (planes.model if ref.kind == "synthesized" else planes.bicubic)[ref.plane].read(x, y, w, h)
+
+    def _ready_blocks(self, ref: TileRef) -> list[Hashable]:
+        """Cache keys of the blocks serving a synthesized tile when all are cached, else []."""
+        sp = self._rasters_of(ref.slide).synthesized(ref.plane)
+        blocks = sp.layout(*ref.region)
+        return [(sp.key, sp.index, *b) for b in blocks] if all(sp.cached(*b) for b in blocks) else []
+
+    def work_stats(self) -> dict[str, int]:
+        """Inference queue and prefetch counters (for /metrics)."""
+        q = self.engine.queue
+        out = {"queue_dropped": q.dropped, **{f"prefetch_{k}": v for k, v in self.prefetch.stats().items()}}
+        out.update({f"batches_of_{n}": c for n, c in sorted(q.batch_sizes.items())})
+        return out
 
     def missing_blocks(self, ref: TileRef, limit: int) -> int:
         """Blocks not yet cached that the tile would synthesize (counting stops past ``limit``); no pixels read."""

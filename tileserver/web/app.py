@@ -20,12 +20,14 @@ def create_app(settings: Settings | Mapping[str, Any] | None = None) -> Flask:
     metrics = Metrics()
     svc = TileService(s, on_inference=metrics.on_inference)
     metrics.watch([svc.blocks, svc.tiles], svc.engine.queue.depth)
+    metrics.watch_work(svc.work_stats)
     metrics.model.info({"model": svc.bundle.model_id, "provider": svc.engine.provider, "device": s.device,
                         "note": svc.engine.note or ""})
     app = Flask(__name__, static_folder=None)
     app.extensions["tileserver"] = svc
     app.extensions["metrics"] = metrics
     http.install(app)
+    http.track_clients(app)
     for blueprint in (deepzoom.bp, iiif.bp, api.bp, viewer.bp):
         app.register_blueprint(blueprint)
     return app

@@ -7,11 +7,15 @@ from datetime import datetime
 from email.utils import format_datetime
 from typing import Callable
 
-from flask import Flask, Response, current_app, request
+from contextlib import ExitStack
+
+from flask import Flask, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
 from tileserver.errors import RequestError
 from tileserver.inference import QueueFull
+from tileserver.inference.queue import INTERACTIVE, Cancelled, Demand, demand_scope
+from tileserver.raster.prefetch import viewer_scope
 from tileserver.raster.service import TileService
 from tileserver.web.metrics import Metrics
 
@@ -62,6 +66,10 @@ def install(app: Flask) -> None:
         metrics().rejected.inc()
         return text(f"busy: {e}", 503, **{"Retry-After": str(service().settings.retry_after)})
 
+    @app.errorhandler(Cancelled)
+    def gone(e: Cancelled):  # the client left before its tile was synthesized: nobody reads this
+        return text(f"client closed the connection: {e}", 499)
+
     @app.errorhandler(HTTPException)
     def http_error(e: HTTPException):
         return text(f"{e.code} {e.name}: {e.description}", e.code or 500)
@@ -70,3 +78,22 @@ def install(app: Flask) -> None:
     def cors(resp: Response) -> Response:
         resp.headers.setdefault("Access-Control-Allow-Origin", "*")
         return resp
+
+
+def track_clients(app: Flask) -> None:
+    """Each request's inference is interactive and dropped before its model run once its client has
+    gone (waitress tells, with ``channel_request_lookahead``) and nobody else waits for the same block;
+    its tiles count as its viewer's (address and user agent) for prefetch."""
+
+    @app.before_request
+    def enter() -> None:
+        gone = request.environ.get("waitress.client_disconnected")
+        stack = g.tileserver_scopes = ExitStack()
+        stack.enter_context(demand_scope(Demand(INTERACTIVE, (lambda: not gone()) if gone else None)))
+        stack.enter_context(viewer_scope((request.remote_addr, request.user_agent.string)))
+
+    @app.teardown_request
+    def leave(_exc: BaseException | None) -> None:
+        stack = g.pop("tileserver_scopes", None)
+        if stack is not None:
+            stack.close()

@@ -36,6 +36,19 @@ class _LiveCollector:
         yield fam
 
 
+class _WorkCollector:
+    def __init__(self, stats: Callable[[], dict[str, int]]):
+        self.stats = stats
+
+    def collect(self):
+        fam = GaugeMetricFamily("tileserver_work", "inference queue and prefetch counters (queue_dropped: jobs "
+                                "dropped before their run; batches_of_N: model runs of N blocks; prefetch_*)",
+                                labels=["counter"])
+        for name, value in self.stats().items():
+            fam.add_metric([name], value)
+        yield fam
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -53,6 +66,10 @@ class Metrics:
 
     def watch(self, caches: Iterable[Cache], queue_depth: Callable[[], int] | None) -> None:
         self.registry.register(_LiveCollector(caches, queue_depth))
+
+    def watch_work(self, stats: Callable[[], dict[str, int]]) -> None:
+        """Inference queue and prefetch counters (``TileService.work_stats``), read at scrape time."""
+        self.registry.register(_WorkCollector(stats))
 
     def on_inference(self, stage: int, seconds: float) -> None:
         self.inference.labels(stage=str(stage + 1)).observe(seconds)
