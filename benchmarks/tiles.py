@@ -53,17 +53,18 @@ def free_port() -> int:
 class Server:
     """A `tileserver serve` subprocess on a free port (or an existing server when url is given)."""
 
-    def __init__(self, args: argparse.Namespace):
+    def __init__(self, args: argparse.Namespace, root: Path = ROOT, extra: tuple[str, ...] = ()):
         self.proc = None
         if args.url:
             self.url, self.pid = args.url.rstrip("/"), args.pid
             return
         port = free_port()
-        cmd = [sys.executable, "-m", "tileserver.commands.cli", "serve", str(args.slide_dir), "--port", str(port),
-               "--cache-mb", str(args.cache_mb), "--device", args.device]
+        cmd = [sys.executable, "-m", "tileserver.commands.cli", "serve", str(args.slide_dir.resolve()), "--port",
+               str(port), "--cache-mb", str(args.cache_mb), "--device", args.device, *extra]
         if args.model:
-            cmd += ["--model", str(args.model)]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            cmd += ["--model", str(args.model.resolve())]
+        env = {**os.environ, "PYTHONPATH": str(root)}  # root: this checkout, or --baseline's
+        self.proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self.url, self.pid = f"http://127.0.0.1:{port}", self.proc.pid
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -100,9 +101,9 @@ class Client:
         u = urllib.parse.urlsplit(url)
         self.conn = http.client.HTTPConnection(u.hostname, u.port, timeout=300)
 
-    def get(self, path: str, ok: tuple[int, ...] = (200,)) -> tuple[int, bytes, float]:
+    def get(self, path: str, ok: tuple[int, ...] = (200,), headers: dict | None = None) -> tuple[int, bytes, float]:
         t0 = time.perf_counter()
-        self.conn.request("GET", path)
+        self.conn.request("GET", path, headers=headers or {})
         r = self.conn.getresponse()
         body = r.read()
         dt = time.perf_counter() - t0
@@ -277,7 +278,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--viewport", default="1920x1080")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--iiif-only", action="store_true", help="only IIIF against Deep Zoom and the refusal")
+    ap.add_argument("--chain", action="store_true", help="only the block-grid table, the cold-tile ratio, the cold "
+                    "viewport and the pan/zoom prefetch session (benchmarks/chain.py)")
+    ap.add_argument("--baseline", type=Path, help="with --chain: a checkout of the code to compare with (e.g. main), "
+                    "its server run from there in the same run")
+    ap.add_argument("--repeat", type=int, default=1, help="with --chain: rounds of this/baseline, alternating")
+    ap.add_argument("--think", type=float, default=60, help="with --chain: the most seconds the session pauses at 20X")
     args = ap.parse_args(argv)
+    if args.chain:
+        import chain
+
+        r = chain.measure(args, lambda root, extra: Server(args, root or ROOT, extra), Client, fetch_parallel,
+                          spread_tiles, viewport_tiles)
+        print(f"model {args.model or 'msr-lite (shipped)'} on {args.device}, {os.cpu_count()} CPUs")
+        print(chain.format_measure(r))
+        if args.out:
+            args.out.write_text(json.dumps(r, indent=2, default=str))
+        return 0
     vw, vh = (int(v) for v in args.viewport.split("x"))
     results: dict = {"viewport": args.viewport, "cache_mb": args.cache_mb}
 

@@ -127,20 +127,24 @@ class Prefetcher:
 
     # -- the burst -------------------------------------------------------------------
     def plan(self) -> tuple[SlideRasters, int, list[tuple[int, int]]] | None:
-        """(rasters, plane, blocks to make) for the viewer seen last, centre first, within the bounds."""
+        """(rasters, plane, blocks to make) for the viewer seen last that has something to make, centre first,
+        within the bounds; None when no viewer has."""
         with self._cv:
-            if not self._views:
-                return None
-            (_, slide), recent = next(reversed(self._views.items()))
-            plane = recent[-1][0]
-            regions = [r for p, r in recent if p == plane]
+            views = [(slide, list(recent)) for (_, slide), recent in reversed(self._views.items())]
+        for slide, recent in views:
+            planned = self._plan_view(slide, recent)
+            if planned and planned[2]:
+                return planned
+        return None
+
+    def _plan_view(self, slide: str, recent: list) -> tuple[SlideRasters, int, list[tuple[int, int]]] | None:
+        plane = recent[-1][0]
+        regions = [r for p, r in recent if p == plane]
         rasters = self.rasters_of(slide)
         if plane + 1 >= len(rasters.model):
             return None
-        x0 = 2 * min(r[0] for r in regions)
-        y0 = 2 * min(r[1] for r in regions)
-        x1 = 2 * max(r[0] + r[2] for r in regions)
-        y1 = 2 * max(r[1] + r[3] for r in regions)
+        x0, y0 = 2 * min(r[0] for r in regions), 2 * min(r[1] for r in regions)
+        x1, y1 = 2 * max(r[0] + r[2] for r in regions), 2 * max(r[1] + r[3] for r in regions)
         up = rasters.synthesized(plane + 1)
         cx, cy, hw, hh = (x0 + x1) / 2, (y0 + y1) / 2, max(1, x1 - x0) / 2, max(1, y1 - y0) / 2
 
