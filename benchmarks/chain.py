@@ -165,7 +165,8 @@ def session(url: str, client_cls, fetch, sid: str, levels: list, vw: int, vh: in
     n = metric(after, "tileserver_inference_seconds_count", 'stage="3"')
     out.update(tiles=len(paths), from_prefetch=int(hits), screen_s=wall,
                block_ms=1000 * metric(after, "tileserver_inference_seconds_sum", 'stage="3"') / max(n, 1),
-               prefetched_blocks=int(metric(after, "tileserver_work", '"prefetch_blocks"')))
+               prefetched_blocks=int(metric(after, "tileserver_work", '"prefetch_blocks"')),
+               max_prefetch_runs_waited=int(metric(after, "tileserver_work", '"queue_max_prefetch_runs_waited"')))
     return out
 
 
@@ -181,7 +182,9 @@ def format_session(runs: list[dict], viewport: str = "1920x1080") -> str:
             extra = (r["probe_during_ms"] - r["probe_idle_ms"]) / r["block_ms"]
             lines.append(f"    a cold 40X tile asked while prefetch ran: {r['probe_during_ms']:.0f} ms, asked when idle: "
                          f"{r['probe_idle_ms']:.0f} ms: it waited {extra:+.2f} last-stage block runs "
-                         f"({r['block_ms']:.0f} ms each)")
+                         f"({r['block_ms']:.0f} ms each; the two tiles' own chains differ)")
+        lines.append(f"    the most prefetch runs any interactive job waited for (server's count, whole session): "
+                     f"{r['max_prefetch_runs_waited']}")
     return "\n".join(lines)
 
 

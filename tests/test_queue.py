@@ -67,6 +67,7 @@ def test_interactive_arriving_during_prefetch_waits_one_run_and_cancels_the_rest
         with pytest.raises(Cancelled):
             f.result(10)
     assert rec.order == ["p1", "tile"]  # the tile waited for the one run in progress, no more
+    assert queue.max_prefetch_runs_waited == 1 and queue.prefetch_runs == 1
     assert queue.dropped == 2 and queue.wait_idle(10) and queue.idle()
 
 
@@ -81,6 +82,7 @@ def test_interactive_jumps_ahead_of_waiting_prefetch(queue, rec):
     for f in futs:
         f.result(10)
     assert rec.order == ["p1", "t1", "t2", "p2", "p3"] and queue.dropped == 0
+    assert queue.max_prefetch_runs_waited == 1  # t2 waited for p1 and t1, only one of them prefetch
 
 
 def test_client_gone_drops_job_unless_another_request_waits(queue, rec):
@@ -166,3 +168,47 @@ def test_a_full_queue_makes_room_by_dropping_unwanted_jobs(rec):
         for ev in rec.gates.values():
             ev.set()
         q.close()
+
+
+def test_a_tile_whose_client_left_is_dropped_before_its_model_run(bundle, slide_dir):
+    """Over a real waitress socket: the client asks for a cold 40X tile while the model is busy, then hangs
+    up; its queued job is dropped (the model never runs for it) and the server keeps serving."""
+    import http.client
+    import socket
+
+    from waitress.server import create_server
+
+    from tileserver.settings import Settings
+    from tileserver.web.app import create_app
+
+    app = create_app(Settings(slide_dir=slide_dir, model=bundle, device="cpu", threads=1, prefetch_blocks=0))
+    svc = app.extensions["tileserver"]
+    server = create_server(app, host="127.0.0.1", port=0, threads=4, channel_request_lookahead=1)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    gate = threading.Event()
+    try:
+        port = server.effective_port
+        busy = svc.engine.queue.submit(None, lambda: gate.wait(30))  # the model is busy
+        until(lambda: not svc.engine.queue.depth(), "the busy job started")
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.sendall(b"GET /dzi/he5x_files/10/1_1.jpeg HTTP/1.1\r\nHost: x\r\n\r\n")
+        until(lambda: svc.engine.queue.depth() == 1, "the tile's first job queued")
+        sock.close()  # the client leaves
+        until(lambda: svc.engine.queue._items[0][4].state() is None, "waitress noticed the client left")
+        gate.set()
+        busy.result(10)
+        until(lambda: svc.engine.queue.dropped == 1, "the job dropped")
+        assert svc.engine.runs == [0, 0, 0]
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        try:
+            conn.request("GET", "/dzi/he5x_files/10/0_0.jpeg")
+            r = conn.getresponse()
+            assert r.status == 200 and r.read() and svc.engine.runs == [1, 1, 1]  # one chain
+        finally:
+            conn.close()
+    finally:
+        gate.set()
+        server.task_dispatcher.shutdown()
+        server.close()
+        svc.close()

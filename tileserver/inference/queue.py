@@ -94,7 +94,7 @@ class WorkQueue:
             raise ValueError("maxsize and max_batch must be >= 1")
         self.name, self.maxsize, self.max_batch = name, maxsize, max_batch
         self._run_batch = run_batch
-        self._items: list[tuple[int, Hashable, Any, Future, Demand]] = []
+        self._items: list[tuple[int, Hashable, Any, Future, Demand, int]] = []
         self._seq = itertools.count()
         self._cv = threading.Condition()
         self._closed = False
@@ -102,6 +102,8 @@ class WorkQueue:
         self.batches = 0
         self.dropped = 0  # jobs cancelled before their run
         self.interactive_jobs = 0  # interactive jobs submitted so far (prefetch watches it)
+        self.prefetch_runs = 0  # model runs for prefetch only
+        self.max_prefetch_runs_waited = 0  # the most prefetch runs one interactive job waited for
         self.batch_sizes: collections.Counter[int] = collections.Counter()
         self._thread = threading.Thread(target=self._work, name=f"{name}-worker", daemon=True)
         self._thread.start()
@@ -133,7 +135,7 @@ class WorkQueue:
                     raise QueueFull(len(self._items))
             if (demand.state() or 0) >= INTERACTIVE:
                 self.interactive_jobs += 1
-            self._items.append((next(self._seq), key, payload, fut, demand))
+            self._items.append((next(self._seq), key, payload, fut, demand, self.prefetch_runs))
             self._cv.notify_all()
         return fut
 
@@ -156,7 +158,7 @@ class WorkQueue:
         self._items = keep
         return prio
 
-    def _take(self) -> tuple[Hashable, list[tuple[Any, Future]]] | None:
+    def _take(self) -> tuple[Hashable, list[tuple[Any, Future]], int] | None:
         with self._cv:
             while True:
                 self._cv.wait_for(lambda: self._items or self._closed)
@@ -172,18 +174,22 @@ class WorkQueue:
             ids = {it[0] for it in chosen}
             self._items = [it for it in self._items if it[0] not in ids]
             self._running = True
-            return first[1], [(it[2], it[3]) for it in chosen]
+            for it in chosen:
+                if prio[it[0]] >= INTERACTIVE:
+                    self.max_prefetch_runs_waited = max(self.max_prefetch_runs_waited, self.prefetch_runs - it[5])
+            return first[1], [(it[2], it[3]) for it in chosen], prio[first[0]]
 
     def _work(self) -> None:
         while True:
             taken = self._take()
             if taken is None:
                 return
-            key, batch = taken
+            key, batch, priority = taken
             try:
                 self._run(key, [(p, f) for p, f in batch if f.set_running_or_notify_cancel()])
             finally:
                 with self._cv:
+                    self.prefetch_runs += priority < INTERACTIVE
                     self._running = False
                     self._cv.notify_all()
 

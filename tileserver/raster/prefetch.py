@@ -166,7 +166,10 @@ class Prefetcher:
                 generation = self._generation
                 self._busy = True
             try:
-                if self.queue.wait_idle(timeout=None) and not self._quiet_broken(generation):
+                idle = False
+                while not (idle or self._closed):
+                    idle = self.queue.wait_idle(timeout=0.5)
+                if idle and not self._quiet_broken(generation):
                     self._burst(generation)
             finally:
                 with self._cv:

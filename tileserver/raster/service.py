@@ -143,7 +143,8 @@ class TileService:
         """The encoded tile, from the cache or made now: pixels → ``transform`` → encode → cache.
         With a ``budget``, a tile that would synthesize more uncached blocks is refused first."""
         body = self.tiles.get(ref.key)
-        if ref.kind != "bicubic" and ref.downsample == 1 and self.planes_above(self.slide(ref.slide)):
+        if ref.kind == "synthesized" or (ref.kind == "stored" and ref.downsample == 1 and self.prefetch.enabled
+                                         and self.planes_above(self.slide(ref.slide))):
             self.prefetch.note(current_viewer(), ref.slide, ref.plane, ref.region)
         if body is not None:
             return Tile(ref, body, True)
@@ -177,7 +178,8 @@ class TileService:
     def work_stats(self) -> dict[str, int]:
         """Inference queue and prefetch counters (for /metrics)."""
         q = self.engine.queue
-        out = {"queue_dropped": q.dropped, **{f"prefetch_{k}": v for k, v in self.prefetch.stats().items()}}
+        out = {"queue_dropped": q.dropped, "queue_max_prefetch_runs_waited": q.max_prefetch_runs_waited,
+               **{f"prefetch_{k}": v for k, v in self.prefetch.stats().items()}}
         out.update({f"batches_of_{n}": c for n, c in sorted(q.batch_sizes.items())})
         return out
 
