@@ -352,6 +352,9 @@ def main(argv: list[str] | None = None) -> int:
                                    "warm_s": warm_wall, "warm_tile_p50_ms": 1000 * statistics.median(warm_times),
                                    "rss_before_mb": rss0, "rss_after_mb": rss1}
         metrics = Client(srv.url).get("/metrics")[1].decode()
+        import chain
+
+        results["viewport_40x"].update(tiles_per_s=len(paths) / wall, batches=chain.batch_sizes(metrics))
         results["inference"] = {ln.split("{")[0].replace("tileserver_inference_seconds_", "") + ln[ln.index("{"):ln.index("}") + 1]: float(ln.split()[-1])
                                 for ln in metrics.splitlines() if ln.startswith("tileserver_inference_seconds_") and ("_sum" in ln or "_count" in ln)}
         srv.stop()
@@ -385,8 +388,10 @@ def format_table(r: dict) -> str:
         n2 = r["native_reference"]
         lines.append(f"{'native ref':<13}{'':>10}{'':>10}{n2['p50_ms']:>10.2f}{n2['p95_ms']:>10.2f}{n2['p50_ms'] / nat:>12.2f}x   ({n2['file']})")
     v = r["viewport_40x"]
-    lines.append(f"cold {r['viewport']} viewport at 40X: {v['tiles']} tiles in {v['cold_s']:.2f} s (6 connections); "
-                 f"warm again: {v['warm_s']:.3f} s")
+    lines.append(f"cold {r['viewport']} viewport at 40X: {v['tiles']} tiles in {v['cold_s']:.2f} s (6 connections, "
+                 f"{v['tiles_per_s']:.1f} tiles/s); warm again: {v['warm_s']:.3f} s")
+    lines.append("model runs by batch size (blocks per run: runs): "
+                 + (", ".join(f"{n}: {k}" for n, k in sorted(v["batches"].items())) or "none reported"))
     if v["rss_after_mb"]:
         lines.append(f"server RSS: {v['rss_before_mb']:.0f} MB before, {v['rss_after_mb']:.0f} MB after the viewport "
                      f"(budget {r['cache_mb']:.0f} MB + 600 MB = {r['cache_mb'] + 600:.0f} MB)")

@@ -212,3 +212,39 @@ def test_a_tile_whose_client_left_is_dropped_before_its_model_run(bundle, slide_
         server.task_dispatcher.shutdown()
         server.close()
         svc.close()
+
+
+def test_a_follower_leads_again_when_the_work_it_joined_was_dropped():
+    """The leader's client left and its job was dropped just as a live follower joined: the follower
+    does the work itself instead of failing."""
+    sf = SingleFlight()
+    joined, release = threading.Event(), threading.Event()
+    calls = []
+
+    def leader_work():
+        calls.append("leader")
+        joined.wait(10)
+        raise Cancelled("dropped")
+
+    out = {}
+
+    def leader():
+        with demand_scope(Demand(INTERACTIVE, alive=lambda: False)):
+            with pytest.raises(Cancelled):
+                sf.do("k", leader_work)
+        release.set()
+
+    def follower():
+        with demand_scope(Demand(INTERACTIVE)):
+            out["v"] = sf.do("k", lambda: calls.append("follower") or 7)
+
+    a = threading.Thread(target=leader)
+    a.start()
+    until(lambda: "k" in sf._calls, "the leader's flight")
+    b = threading.Thread(target=follower)
+    b.start()
+    until(lambda: len(sf._calls["k"][1]._members) == 2, "the follower joined")
+    joined.set()
+    a.join(10)
+    b.join(10)
+    assert out == {"v": 7} and calls == ["leader", "follower"] and release.is_set() and not sf._calls

@@ -46,6 +46,8 @@ class Grid:
             raise ValueError("block stride must be even and >= 2, the margin even and >= 0")
         if n < 1 or len(self.fans) != n - 1 or min(self.fans, default=1) < 1 or min(self.halos) < 0:
             raise ValueError(f"{n} stages need {n - 1} fans >= 1 and halos >= 0")
+        if any(self.stride * self.top_blocks(p) < 2 ** (n - p + 1) for p in range(1, n)):
+            raise ValueError(f"stride {self.stride} leaves blocks under 2 px on a lower plane with fans {self.fans}")
         lengths = [0] * (n - 1) + [self.stride + 2 * self.margin]
         object.__setattr__(self, "lengths", lengths)  # filled from the top down: a plane's span needs the one above
         for p in range(n - 1, 0, -1):

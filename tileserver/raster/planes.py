@@ -64,6 +64,7 @@ class SingleFlight:
             except Cancelled:
                 if mine.state() is None:
                     raise
+                self._forget(key, fut)  # dropped before we joined: lead it again
         try:
             with demand_scope(demand):
                 value = fn()
@@ -73,7 +74,11 @@ class SingleFlight:
             fut.set_exception(e)
             raise
         finally:
-            with self._lock:
+            self._forget(key, fut)
+
+    def _forget(self, key: Hashable, fut: Future) -> None:
+        with self._lock:
+            if key in self._calls and self._calls[key][0] is fut:
                 del self._calls[key]
 
 
