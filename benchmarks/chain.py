@@ -146,7 +146,8 @@ def session(url: str, client_cls, fetch, sid: str, levels: list, vw: int, vh: in
     out: dict = {"prefetch": prefetch}
     running = lambda t: metric(t, "tileserver_work", '"prefetch_running"') > 0  # noqa: E731
     if prefetch:  # a cold 40X tile far from the view (another viewer) while prefetch runs, then when idle
-        out["wait_for_burst_s"] = _wait(c, running, 10)
+        done = metric(c.get("/metrics")[1].decode(), "tileserver_work", '"prefetch_blocks"')
+        out["wait_for_burst_s"] = _wait(c, lambda t: metric(t, "tileserver_work", '"prefetch_blocks"') > done, 30)
         probe = client_cls(url)
         far = [(1, 1), (1, 3)] if l40[1] > 4 * 254 else [(0, 0), (1, 0)]
         t_during = probe.get(f"/dzi/{sid}_files/{top}/{far[0][0]}_{far[0][1]}.jpeg", headers={"User-Agent": "probe"})[2]
