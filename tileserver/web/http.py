@@ -3,11 +3,10 @@ errors with their status, conditional responses (ETag, Last-Modified, 304,
 Cache-Control), CORS. The blueprints use nothing else to answer."""
 from __future__ import annotations
 
+from contextlib import ExitStack
 from datetime import datetime
 from email.utils import format_datetime
 from typing import Callable
-
-from contextlib import ExitStack
 
 from flask import Flask, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
