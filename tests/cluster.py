@@ -20,6 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+TILE, OVERLAP = 254, 1  # the serve defaults
+VIEWPORT = (1920, 1080)
 
 
 def free_port() -> int:
@@ -137,14 +139,16 @@ class Nginx:
         (folder / "listen.conf").write_text(f"listen 127.0.0.1:{self.port};\n")
         (folder / "replicas.conf").write_text("".join(f"server 127.0.0.1:{p} max_fails=1 fail_timeout=5s;\n"
                                                       for p in replica_ports))
-        args = [NGINX, "-p", str(folder), "-c", str(folder / "nginx.conf"), "-g", "daemon off; worker_processes 2;"]
+        args = [NGINX, "-p", str(folder), "-c", str(folder / "nginx.conf"), "-g", "daemon off;"]
         self.proc = Proc(args, folder / "nginx.out")
         self.url = f"http://127.0.0.1:{self.port}"
         wait_for(lambda: self._up(), 20, "nginx")
 
     def _up(self) -> bool:
         if not self.proc.alive():
-            raise AssertionError("nginx exited: " + self.proc.tail() + (self.folder / "logs/error.log").read_text())
+            self.proc.stop()
+            log = self.folder / "logs/error.log"
+            raise AssertionError("nginx exited: " + self.proc.tail() + (log.read_text() if log.exists() else ""))
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=1):
                 return True
@@ -189,4 +193,50 @@ def metric(text: str, name: str, labels: str = "") -> float:
             metric_name = head.split("{")[0]
             if metric_name == name and labels in head:
                 total += float(value)
+    return total
+
+
+def viewport_tiles(slides: Path, bundle: Path, sid: str, x0: int = 0, y0: int = 0) -> list[str]:
+    """The Deep Zoom paths of the top-level (40X) tiles a 1920x1080 view at (x0, y0) shows."""
+    from tileserver.inference import load_bundle
+    from tileserver.protocols import deepzoom as dz
+    from tileserver.raster.catalog import Catalog
+
+    b = load_bundle(bundle)
+    catalog = Catalog(slides, b.input_mpp)
+    info = catalog.get(sid)[0]
+    catalog.close()
+    p = dz.view(info, b.stages, "sr", TILE, OVERLAP)
+    cols = range(x0 // TILE, (x0 + VIEWPORT[0] - 1) // TILE + 1)
+    rows = range(y0 // TILE, (y0 + VIEWPORT[1] - 1) // TILE + 1)
+    return [f"/dzi/{sid}_files/{p.top}/{c}_{r}.jpeg" for r in rows for c in cols]
+
+
+def blocks_needed(slides: Path, bundle: Path, sid: str, paths: list[str]) -> int:
+    """Distinct blocks on every synthesized plane that those tiles need (nothing cached), from the
+    block layout alone: the 40X blocks holding the tiles, the 20X blocks their inputs read, ..."""
+    from tileserver.inference import load_bundle
+    from tileserver.protocols import deepzoom as dz
+    from tileserver.raster import geometry as g
+    from tileserver.raster.cache import ByteLRU
+    from tileserver.raster.catalog import Catalog
+    from tileserver.raster.planes import SingleFlight, SlideRasters
+
+    b = load_bundle(bundle)
+    catalog = Catalog(slides, b.input_mpp)
+    info, raster = catalog.get(sid)
+    halos = [b.stage_halo(k) for k in range(b.stages)]
+    planes = SlideRasters("count", raster, [None] * b.stages, g.block_stride(TILE), g.block_margin(OVERLAP), halos,
+                          ByteLRU("none", 0), SingleFlight()).model
+    p = dz.view(info, b.stages, "sr", TILE, OVERLAP)
+    regions = []
+    for path in paths:
+        col, row = map(int, path.rsplit("/", 1)[1].split(".")[0].split("_"))
+        regions.append(p.tile(p.top, col, row)[2])
+    total = 0
+    for k in range(b.stages, 0, -1):
+        blocks = {blk for r in regions for blk in planes[k].layout(*r)[1]}
+        total += len(blocks)
+        regions = [planes[k].input_region(*blk) for blk in blocks]
+    catalog.close()
     return total
