@@ -251,3 +251,11 @@ def test_app_with_redis_reports_it(bundle, slide_dir, redis_server):
         assert "tileserver_shared_cache_up 0.0" in c.get("/metrics").data.decode()
     finally:
         app.extensions["tileserver"].close()
+
+
+def test_an_unreadable_value_is_a_miss_not_an_error(redis_server):
+    shared, tier, flight = caches(redis_server.url)
+    redis_server.client().set(tier.redis_name(key(6)), b"B\x01garbage")
+    assert tier.get(key(6)) is None and tier.shared_stats()["misses"] == 1
+    assert flight.do(key(6), lambda: block(6)).x == 16
+    shared.close()

@@ -18,6 +18,7 @@ serving continues from memory and computing.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import struct
 import threading
@@ -34,6 +35,7 @@ from tileserver.raster.planes import Block
 from tileserver.raster.redis_link import RedisLink
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 PREFIX = "msr:1"  # bump when the value format changes
 _BLOCK, _TILE = b"B", b"T"
 _HEADER = struct.Struct("<cBiiii")  # kind, compressed, x, y, height, width
@@ -88,6 +90,17 @@ def decode_value(data: bytes) -> Any:
     return Block(x, y, px)
 
 
+def _decoded(data: bytes | None) -> Any | None:
+    """``decode_value``, or None for no value or one this version cannot read (then it is recomputed)."""
+    if data is None:
+        return None
+    try:
+        return decode_value(data)
+    except (ValueError, struct.error, RuntimeError) as e:
+        log.warning("unreadable shared cache value (%s); computing it again", e)
+        return None
+
+
 class Namer:
     """Redis names from in-process keys: each slide stamp becomes its content digest and the model id
     gains its stage digest; a key that names no known slide is not shared (None)."""
@@ -139,10 +152,10 @@ class SharedTier:
         if name is None:
             return None
         data = self.link.call(lambda r: r.get(name))
-        if data is None:
+        value = _decoded(data)
+        if value is None:
             self._count("misses")
             return None
-        value = decode_value(data)
         self._count("hits")
         self.local.put(key, value)
         return value
@@ -249,8 +262,8 @@ class SharedFlight:
             if found is _DOWN:
                 return _DOWN
             data, locked = found
-            if data is not None:
-                value = decode_value(data)
+            value = _decoded(data)
+            if value is not None:
                 self.tier.local.put(key, value)
                 return value
             if not locked:
