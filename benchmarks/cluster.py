@@ -136,6 +136,7 @@ def hit_latencies(work: Path, args, redis: Redis, paths: list[str]) -> dict:
             rows["cold synthesis (A)"].append(timed_get(ca, path))
             rows["local warm hit (A)"].append(timed_get(ca, path))
             rows["cross-replica hit (B, Redis)"].append(timed_get(cb, path))
+        rows["Redis GET of a tile, alone"] = redis_gets(redis)
         shared = metric(b.metrics(), "tileserver_shared_cache_hits_total", 'cache="tiles"')
         raw = metric(a.metrics(), "tileserver_shared_cache_bytes_raw_total", 'cache="blocks"')
         stored = metric(a.metrics(), "tileserver_shared_cache_bytes_stored_total", 'cache="blocks"')
@@ -146,6 +147,19 @@ def hit_latencies(work: Path, args, redis: Redis, paths: list[str]) -> dict:
         c.stop()
 
 
+def redis_gets(redis: Redis, rounds: int = 5) -> list[float]:
+    """Seconds per GET of each tile value in Redis, from this process (the Redis part of a cross-replica hit)."""
+    client = redis.client()
+    names = client.keys("msr:1:tiles:*")
+    times = []
+    for _ in range(rounds):
+        for name in names:
+            t0 = time.perf_counter()
+            client.get(name)
+            times.append(time.perf_counter() - t0)
+    return times
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("slide_dir", type=Path)
@@ -153,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", type=Path, default=None, help="bundle (default: the shipped one)")
     ap.add_argument("--tiles", type=int, default=24, help="tiles for the hit latencies")
     ap.add_argument("--skip-baseline", action="store_true", help="skip the 3 replicas without Redis")
+    ap.add_argument("--only-hits", action="store_true", help="only part 3 (cold, local warm and cross-replica hits)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     for tool in ("redis-server", "nginx"):
@@ -167,9 +182,10 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         redis = Redis(work, maxmemory="1gb").start()
         try:
-            out["through_nginx"] = [viewport_through_nginx(work, args, redis, n, view, needed) for n in (1, 3)]
-            out["all_at_once"] = [all_at_once(work, args, redis, view, needed)]
-            if not args.skip_baseline:
+            if not args.only_hits:
+                out["through_nginx"] = [viewport_through_nginx(work, args, redis, n, view, needed) for n in (1, 3)]
+                out["all_at_once"] = [all_at_once(work, args, redis, view, needed)]
+            if not (args.skip_baseline or args.only_hits):
                 out["all_at_once"].append(all_at_once(work, args, None, view, needed))
             out["hits"] = hit_latencies(work, args, redis, below)
         finally:
@@ -182,10 +198,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def report(out: dict) -> None:
     print(f"viewport: {out['viewport_tiles']} tiles at 40X, {out['blocks_needed']} distinct blocks on 10X/20X/40X")
-    for r in out["through_nginx"]:
+    for r in out.get("through_nginx", []):
         print(f"through nginx, {r['replicas']} replica(s): cold {r['cold_s']:.2f} s, warm {r['warm_s']:.2f} s, "
               f"model runs {r['model_runs']} (needed {r['needed']})")
-    for r in out["all_at_once"]:
+    for r in out.get("all_at_once", []):
         print(f"3 replicas at once, {'with' if r['redis'] else 'without'} Redis: {r['seconds']:.2f} s, "
               f"model runs {r['model_runs']}, duplicates {r['duplicates']}")
     h = out["hits"]

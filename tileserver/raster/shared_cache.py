@@ -209,6 +209,7 @@ class SharedFlight:
         self._held: dict[str, str] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._nap = threading.Event()  # never set: the pause between polls
         self.counts = {"computed": 0, "waits": 0, "taken": 0, "takeovers": 0}
         self._keeper = threading.Thread(target=self._renew_loop, name="shared-lock-keeper", daemon=True)
         self._keeper.start()
@@ -268,7 +269,7 @@ class SharedFlight:
                 return value
             if not locked:
                 return None
-            self._stop.wait(delay)
+            self._nap.wait(delay)
             delay = min(delay * 1.5, self.poll_max)
         return _DOWN
 
