@@ -114,6 +114,16 @@ def test_the_same_viewport_through_another_replica_runs_no_model(cluster):
     assert metric(third.metrics(), "tileserver_shared_cache_hits_total", 'cache="tiles"') - hits_before == len(paths)
 
 
+def test_nginx_keeps_each_slide_on_one_replica(cluster):
+    ng = cluster["nginx"]
+    for sid in ("one", "two", "three"):
+        home = upstream_of(cluster, sid)
+        for path in (f"/dzi/{sid}_files/0/0_0.jpeg", f"/iiif/3/{sid}/info.json", f"/api/slides/{sid}",
+                     f"/dzi-bicubic/{sid}.dzi"):
+            status, _, headers = get(ng.url + path)
+            assert status == 200 and headers["X-Upstream"] == f"127.0.0.1:{home.port}", path
+
+
 def test_redis_killed_mid_run_costs_no_request_and_comes_back(cluster):
     reps, ng, redis = cluster["replicas"], cluster["nginx"], cluster["redis"]
     paths = viewport_tiles(cluster["slides"], cluster["bundle"], "two")
@@ -145,6 +155,7 @@ def test_a_replica_killed_mid_run_costs_no_request(cluster):
     ng = cluster["nginx"]
     paths = viewport_tiles(cluster["slides"], cluster["bundle"], "three")
     home = upstream_of(cluster, "three")
+    stay = {sid: r for sid in ("one", "two") if (r := upstream_of(cluster, sid)) is not home}
     third_done = threading.Event()
     runner = {}
     t = threading.Thread(target=lambda: runner.__setitem__(
@@ -155,3 +166,5 @@ def test_a_replica_killed_mid_run_costs_no_request(cluster):
     t.join(600)
     assert runner["failures"] == []
     assert upstream_of(cluster, "three") is not home
+    for sid, r in stay.items():  # consistent hashing: only the dead replica's slides moved
+        assert upstream_of(cluster, sid) is r
