@@ -259,3 +259,24 @@ def test_an_unreadable_value_is_a_miss_not_an_error(redis_server):
     assert tier.get(key(6)) is None and tier.shared_stats()["misses"] == 1
     assert flight.do(key(6), lambda: block(6)).x == 16
     shared.close()
+
+
+def test_a_replica_starts_and_serves_while_redis_is_unreachable(bundle, slide_dir):
+    from cluster import free_port
+
+    from tileserver.settings import Settings
+    from tileserver.web.app import create_app
+
+    app = create_app(Settings(slide_dir=slide_dir, model=bundle, device="cpu", threads=1, cache_mb=64,
+                              redis=f"redis://127.0.0.1:{free_port()}/0"))  # nothing listens there
+    try:
+        c = app.test_client()
+        assert c.get("/dzi/he5x_files/10/0_0.jpeg").status_code == 200
+        assert c.get("/dzi/he5x_files/10/0_0.jpeg").status_code == 200
+        h = c.get("/healthz")
+        assert h.status_code == 200 and h.json["status"] == "degraded"
+        assert "Connection" in h.json["shared_cache"]["last_error"]
+        text = c.get("/metrics").data.decode()
+        assert "tileserver_shared_cache_up 0.0" in text and 'tileserver_cache_hits_total{cache="tiles"} 1.0' in text
+    finally:
+        app.extensions["tileserver"].close()
