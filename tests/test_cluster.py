@@ -27,7 +27,7 @@ def cluster(tmp_path_factory, bundle, he5):
     for name in ("one", "two", "three"):
         write_tiff(slides / f"{name}.tif", big, 2.0)
     redis = Redis(root).start()
-    replicas = [Replica(root, f"r{i}", slides, bundle, redis.url, ["--redis-lock-ttl", "3"]) for i in range(3)]
+    replicas = [Replica(root, f"r{i}", slides, bundle, redis.url, ["--redis-lock-ttl", "5"]) for i in range(3)]
     try:
         for r in replicas:
             wait_for(r.ready, 300, f"replica {r.name}", poll=0.2)
