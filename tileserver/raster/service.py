@@ -87,7 +87,8 @@ class TileService:
         self.flights = SingleFlight()
         halos = tuple(self.bundle.stage_halo(k) for k in range(self.bundle.stages))
         self.grid = Grid(g.block_stride(s.tile_size), g.block_margin(s.overlap), halos, default_fans(len(halos)))
-        self.stride = self.grid.stride  # the top blocks' side: IIIF's tile size
+        self.stride, self.margin = self.grid.stride, self.grid.margin  # the top blocks' side: IIIF's tile size
+        self.shared = self._share() if s.redis else None
         self._rasters: dict[str, SlideRasters] = {}
         self._lock = threading.Lock()
         self.prefetch = Prefetcher(self.engine.queue, self._rasters_of, s.prefetch_blocks, int(s.prefetch_mb * 2**20))
@@ -99,10 +100,27 @@ class TileService:
         """The fixed input shape of each stage's blocks (``blockgrid``)."""
         return [(self.grid.input_side(p), self.grid.input_side(p)) for p in range(1, self.grid.top + 1)]
 
+    def _share(self):
+        """Redis behind both caches and the block single-flight (``raster.shared_cache``)."""
+        from tileserver.raster.shared_cache import SharedCaches, model_digest, slide_digest
+
+        s, b = self.settings, self.bundle
+        stamps = {info.stamp: slide_digest(info.path) for info, _ in map(self.catalog.get, self.catalog.ids())}
+        models = {b.model_id: f"{b.model_id}#{model_digest(st['sha256'] for st in b.manifest['stages'])}"}
+        shared = SharedCaches(s.redis, stamps, models, s.redis_lock_ttl, s.redis_timeout, s.redis_backoff_max)
+        halos = ",".join(str(b.stage_halo(k)) for k in range(b.stages))
+        self.tiles = shared.tier(self.tiles)
+        fans = ",".join(map(str, self.grid.fans))  # the stage-aligned grid: blocks of another grid never match
+        self.blocks = shared.tier(self.blocks, grid=f":grid={self.stride},{self.margin},{halos},fans={fans}")
+        self.flights = shared.flight(self.flights, self.blocks)
+        return shared
+
     def close(self) -> None:
         self.prefetch.close()
         self.engine.close()
         self.catalog.close()
+        if self.shared:
+            self.shared.close()
 
     # -- slides ----------------------------------------------------------------
     def slides(self) -> list[SlideInfo]:
