@@ -214,29 +214,33 @@ def viewport_tiles(slides: Path, bundle: Path, sid: str, x0: int = 0, y0: int = 
 
 def blocks_needed(slides: Path, bundle: Path, sid: str, paths: list[str]) -> int:
     """Distinct blocks on every synthesized plane that those tiles need (nothing cached), from the
-    block layout alone: the 40X blocks holding the tiles, the 20X blocks their inputs read, ..."""
+    block layout alone: the 40X blocks holding the tiles, then each one's parent on the plane below, ..."""
     from tileserver.inference import load_bundle
     from tileserver.protocols import deepzoom as dz
     from tileserver.raster import geometry as g
-    from tileserver.raster.cache import ByteLRU
+    from tileserver.raster.blockgrid import Grid, default_fans
     from tileserver.raster.catalog import Catalog
-    from tileserver.raster.planes import SingleFlight, SlideRasters
 
     b = load_bundle(bundle)
     catalog = Catalog(slides, b.input_mpp)
-    info, raster = catalog.get(sid)
-    halos = [b.stage_halo(k) for k in range(b.stages)]
-    planes = SlideRasters("count", raster, [None] * b.stages, g.block_stride(TILE), g.block_margin(OVERLAP), halos,
-                          ByteLRU("none", 0), SingleFlight()).model
+    info = catalog.get(sid)[0]
+    halos = tuple(b.stage_halo(k) for k in range(b.stages))
+    grid = Grid(g.block_stride(TILE), g.block_margin(OVERLAP), halos, default_fans(b.stages))
     p = dz.view(info, b.stages, "sr", TILE, OVERLAP)
-    regions = []
+    blocks = set()
     for path in paths:
         col, row = map(int, path.rsplit("/", 1)[1].split(".")[0].split("_"))
-        regions.append(p.tile(p.top, col, row)[2])
-    total = 0
-    for k in range(b.stages, 0, -1):
-        blocks = {blk for r in regions for blk in planes[k].layout(*r)[1]}
-        total += len(blocks)
-        regions = [planes[k].input_region(*blk) for blk in blocks]
+        x, y, w, h = p.tile(p.top, col, row)[2]
+        (x0, x1), (y0, y1) = grid.serving(b.stages, x, x + w), grid.serving(b.stages, y, y + h)
+        blocks |= {(b.stages, bx, by) for bx in range(x0, x1 + 1) for by in range(y0, y1 + 1)}
+    todo = list(blocks)
+    while todo:
+        k, bx, by = todo.pop()
+        if k > 1:
+            parent = (k - 1, grid.parent(k, bx), grid.parent(k, by))
+            if parent not in blocks:
+                blocks.add(parent)
+                todo.append(parent)
+    total = len(blocks)
     catalog.close()
     return total
