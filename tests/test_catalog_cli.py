@@ -10,6 +10,18 @@ def test_decide():
     assert decide(2.0, 2.0) is None and decide(1.6, 2.0) is None and decide(2.49, 2.0) is None
     assert "±25%" in decide(0.499, 2.0)
     assert "--assume-mpp" in decide(None, 2.0)
+    assert "no super-resolution model" in decide(2.0, None)
+
+
+@pytest.mark.parametrize("model_mpp", [2.0, 0.5, 1.0])
+def test_mpp_rule_is_25_percent_of_the_model_mpp_both_ways(model_mpp):
+    """Exactly ±25 % of the model's input mpp is accepted; just beyond, on either side, is not (default tolerance)."""
+    for f in (0.75, 0.76, 1.0, 1.24, 1.25):
+        assert decide(model_mpp * f, model_mpp) is None, f
+    for f in (0.7499, 0.74, 0.6, 1.2501, 1.26, 1.33, 1.5, 2.0):
+        reason = decide(model_mpp * f, model_mpp)
+        assert reason and "not within ±25%" in reason, f
+    assert decide(model_mpp * 1.1, model_mpp, tolerance=0.05) and decide(model_mpp * 1.1, model_mpp, tolerance=0.11) is None
 
 
 def test_real_slides(wsi_dir, tmp_path):
@@ -31,27 +43,22 @@ def test_real_slides(wsi_dir, tmp_path):
         cat.close()
 
 
-def test_ingested_slide_names_its_reference(wsi_dir, tmp_path, bundle):
-    """`tileserver ingest` output pairs with its source in the API (skipped until ingest works)."""
+def test_ingested_slide_names_its_reference(cmu_svs, tmp_path, bundle):
+    """`tileserver ingest` output pairs with its source in the API; any failure on the way fails the test."""
     from tileserver.commands import cli
     from tileserver.settings import Settings
     from tileserver.web.app import create_app
 
-    shutil.copy(wsi_dir / "CMU-1-Small-Region.svs", tmp_path)
-    try:
-        rc = cli.main(["ingest", str(tmp_path / "CMU-1-Small-Region.svs"), "-o", str(tmp_path), "--no-progress"])
-    except (NotImplementedError, SystemExit) as e:
-        pytest.skip(f"ingest not available: {e!r}")
-    if rc != 0:
-        pytest.skip("ingest not available")
+    shutil.copy(cmu_svs, tmp_path / "CMU-1-Small-Region.svs")
+    assert cli.main(["ingest", str(tmp_path / "CMU-1-Small-Region.svs"), "-o", str(tmp_path), "--no-progress"]) == 0
     app = create_app(Settings(slide_dir=tmp_path, model=bundle, device="cpu"))
     try:
         slides = {s["id"]: s for s in app.test_client().get("/api/slides").json["slides"]}
         stored = [s for s in slides.values() if s["synthesized"]]
-        if not stored or not stored[0]["reference"]:
-            pytest.skip("ingest does not record provenance yet")
+        assert [s["name"] for s in stored] == ["CMU-1-Small-Region.5x.tif"]
         assert stored[0]["reference"] == {"id": "CMU-1-Small-Region", "name": "CMU-1-Small-Region.svs"}
         assert stored[0]["mpp"]["stored"] == pytest.approx(1.996, abs=0.01)
+        assert slides["CMU-1-Small-Region"]["reference"] is None  # the source names no reference of its own
     finally:
         app.extensions["tileserver"].close()
 
