@@ -83,9 +83,11 @@ def api_slide(sid: str):
 @bp.get("/healthz")
 def healthz():
     svc = service()
-    return jsonify({"status": "ok", "model": svc.bundle.model_id, "provider": svc.engine.provider,
+    shared = svc.shared.health() if svc.shared else None  # Redis down: degraded, still serving (200)
+    return jsonify({"status": "degraded" if shared and shared["state"] != "ok" else "ok",
+                    "model": svc.bundle.model_id, "provider": svc.engine.provider,
                     "provider_note": svc.engine.note, "slides": len(svc.slides()),
-                    "queue_depth": svc.engine.queue.depth()})
+                    "queue_depth": svc.engine.queue.depth(), "shared_cache": shared})
 
 
 @bp.get("/metrics")
