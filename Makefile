@@ -55,8 +55,8 @@ test: system-deps $(STAMP) $(VIEWER_DEPS)
 # which. Prints killed / survived / timeout, the survival rate and the survivors. Not part of `make test`.
 mutate: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[mutate]'
-	rm -rf mutants
-	$(VENV)/bin/mutmut run --max-children 2 > /dev/null || true
+	rm -rf mutants && mkdir -p var
+	nice -n 19 $(VENV)/bin/mutmut run --max-children 2 > var/mutmut.log 2>&1 || { tail -c 3000 var/mutmut.log; exit 1; }
 	$(PY) benchmarks/mutation_summary.py
 
 # a tiny network for a few steps on DATA (a folder of 40X tiles): seconds on a CPU
