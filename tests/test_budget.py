@@ -109,6 +109,7 @@ def test_counted_blocks_are_the_blocks_computed(slide_dir, plane, region, halos)
                               ByteLRU("b", 2**28), SingleFlight())
         needed = planes.missing_blocks(plane, *region, 10**6)
         assert planes.missing_blocks(plane, *region, needed - 1) == needed  # stops just past the limit
+        assert planes.missing_blocks(plane, *region, 0) == 1  # at the first block when nothing may be made
         planes.model[plane].read(*region)
         assert runs[plane:] == [0] * (3 - plane) and all(runs[:plane])
         assert sum(runs) == needed
