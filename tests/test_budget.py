@@ -17,8 +17,9 @@ def make_app(bundle, slide_dir, budget):
     from tileserver.settings import Settings
     from tileserver.web.app import create_app
 
+    # no idle prefetch: every model run here is one the requests counted
     return create_app(Settings(slide_dir=slide_dir, model=bundle, device="cpu", threads=1, cache_mb=64,
-                               synthesis_budget=budget))
+                               synthesis_budget=budget, prefetch_blocks=0))
 
 
 def counted(app, plane, region) -> int:
@@ -98,6 +99,7 @@ def counting_stages(n: int):
 ])
 def test_counted_blocks_are_the_blocks_computed(slide_dir, plane, region, halos):
     from tileserver.raster import geometry as g
+    from tileserver.raster.blockgrid import Grid, default_fans
     from tileserver.raster.cache import ByteLRU
     from tileserver.raster.planes import SingleFlight, SlideRasters
     from tileserver.raster.stored import OpenSlideRaster
@@ -105,8 +107,8 @@ def test_counted_blocks_are_the_blocks_computed(slide_dir, plane, region, halos)
     raster = OpenSlideRaster(slide_dir / "he5x.tif")
     try:
         stages, runs = counting_stages(3)
-        planes = SlideRasters("k", raster, stages, g.block_stride(254), g.block_margin(1), halos,
-                              ByteLRU("b", 2**28), SingleFlight())
+        grid = Grid(g.block_stride(254), g.block_margin(1), tuple(halos), default_fans(3))
+        planes = SlideRasters("k", raster, stages, grid, ByteLRU("b", 2**28), SingleFlight())
         needed = planes.missing_blocks(plane, *region, 10**6)
         assert planes.missing_blocks(plane, *region, needed - 1) == needed  # stops just past the limit
         assert planes.missing_blocks(plane, *region, 0) == 1  # at the first block when nothing may be made
