@@ -5,8 +5,10 @@ planes, encodes them and keeps the bytes in the encoded-tile cache that Deep Zoo
 and IIIF share. No JSON and no HTTP here: values out, ``NotFound`` and
 ``OverBudget`` raised; ``tileserver.web`` turns both into responses.
 
-One service serves one model bundle: its mode ``"sr"``, and ``"bicubic"`` (the same
-planes by interpolation, for audit). Shared by all request threads; no
+One service serves one or more model bundles, each a mode (``inference.modes``) named
+in URLs by the bundle's name (``"sr"`` is the default, the first bundle), and
+``"bicubic"`` (the same planes by interpolation, for audit). The model id is in every
+cache key and ETag, so the modes share the caches. Shared by all request threads; no
 per-request state lives here.
 """
 from __future__ import annotations
@@ -22,14 +24,15 @@ from PIL import Image
 from tileserver.errors import NotFound, OverBudget
 from tileserver.inference import Bundle, Engine, load_bundle
 from tileserver.inference.engine import StageTimer
+from tileserver.inference.modes import BICUBIC, Mode, model_modes
 from tileserver.raster import geometry as g
 from tileserver.raster.cache import ByteLRU
 from tileserver.raster.catalog import Catalog, SlideInfo
 from tileserver.raster.encode import encode, mimetype
 from tileserver.raster.planes import SingleFlight, SlideRasters
-from tileserver.settings import Settings
+from tileserver.settings import Settings, bundle_paths
 
-MODES = ("sr", "bicubic")
+DEFAULT_MODE = "sr"  # the first bundle's mode, under the URLs that name no mode
 Transform = Callable[[np.ndarray], "np.ndarray | Image.Image"]
 
 
@@ -46,6 +49,7 @@ class TileRef:
     format: str  # jpg/jpeg, png, webp, tif, gif
     key: tuple[Hashable, ...]  # slide file, model, the protocol's name, quality, block grid
     etag: str  # quoted, from ``key``
+    mode: str = DEFAULT_MODE  # the mode's key: a bundle's name or "bicubic"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,18 +80,35 @@ class Tile:
 class TileService:
     def __init__(self, settings: Settings, bundle: Bundle | None = None, on_inference: StageTimer | None = None):
         s = self.settings = settings
-        self.bundle = bundle or load_bundle(s.model)
+        paths = bundle_paths(s)
+        bundles = [bundle or load_bundle(paths[0])] + [load_bundle(p) for p in paths[1:]]
+        self.modes: dict[str, Mode] = {m.key: m for m in model_modes(bundles)}
+        self.bundle = bundles[0]  # the default model
         self.catalog = Catalog(s.slide_dir, self.bundle.input_mpp, s.assume_mpp)
-        self.engine = Engine(self.bundle, s.device, s.threads, s.queue_size, on_run=on_inference)
+        self.engines = {b.name: Engine(b, s.device, s.threads, s.queue_size, on_run=on_inference) for b in bundles}
+        self.engine = self.engines[self.bundle.name]
         budget = int(s.cache_mb * 2**20)
         self.tiles = ByteLRU("tiles", int(budget * s.tile_cache_fraction))
         self.blocks = ByteLRU("blocks", budget - self.tiles.max_bytes)
         self.flights = SingleFlight()
         self.stride, self.margin = g.block_stride(s.tile_size), g.block_margin(s.overlap)
-        self._rasters: dict[str, SlideRasters] = {}
+        self._rasters: dict[tuple[str, str], SlideRasters] = {}
         self._lock = threading.Lock()
         if s.warm_up:
-            self.engine.warm_up(self.block_shapes)
+            for engine in self.engines.values():
+                engine.warm_up(self.block_shapes)
+
+    @property
+    def model_modes(self) -> list[Mode]:
+        """The modes made by a model, the default first."""
+        return [m for m in self.modes.values() if m.bundle]
+
+    def mode(self, key: str) -> Mode:
+        """The mode a URL names: ``"sr"`` (the default model), a model's name, or ``"bicubic"``."""
+        found = self.modes.get(self.bundle.name if key == DEFAULT_MODE else key)
+        if found is None:
+            raise NotFound(f"no mode {key!r} (modes: {', '.join(self.modes)})")
+        return found
 
     @property
     def block_shapes(self) -> list[tuple[int, int]]:
@@ -96,7 +117,8 @@ class TileService:
         return [(side, side) for side in sides]
 
     def close(self) -> None:
-        self.engine.close()
+        for engine in self.engines.values():
+            engine.close()
         self.catalog.close()
 
     # -- slides ----------------------------------------------------------------
@@ -116,6 +138,25 @@ class TileService:
     def reference_of(self, info: SlideInfo) -> SlideInfo | None:
         return self.catalog.reference_of(info)
 
+    def associated_names(self, sid: str) -> tuple[str, ...]:
+        """The slide's associated images (label, macro, thumbnail, ...), kept by ingest."""
+        self.slide(sid)
+        return self.catalog.get(sid)[1].associated_names
+
+    def associated(self, sid: str, name: str) -> tuple[bytes, str]:
+        """(JPEG, ETag) of an associated image; NotFound when the slide has none by that name."""
+        info = self.slide(sid)
+        raster = self.catalog.get(sid)[1]
+        if name not in raster.associated_names:
+            raise NotFound(f"slide {sid!r} has no associated image {name!r} (it has: "
+                           f"{', '.join(raster.associated_names) or 'none'})")
+        key = (info.stamp, "associated", name, self.settings.jpeg_quality)
+        body = self.tiles.get(key)
+        if body is None:
+            body = encode(np.asarray(raster.associated(name)), "jpg", self.settings.jpeg_quality)
+            self.tiles.put(key, body)
+        return body, '"' + hashlib.sha1("|".join(map(str, key)).encode()).hexdigest()[:24] + '"'
+
     def planes_above(self, info: SlideInfo) -> int:
         """Synthesized planes above the stored one: the bundle's stages, or 0 for a slide served as scanned."""
         return self.bundle.stages if info.synthesized else 0
@@ -125,14 +166,15 @@ class TileService:
                name: tuple[Hashable, ...]) -> TileRef:
         """Name the pixels of a tile (``name``: the protocol's own, format included) and give its ETag."""
         info = self.slide(sid)
-        if mode not in MODES or not 0 <= plane <= self.planes_above(info):
+        m = self.mode(mode)
+        if not 0 <= plane <= self.planes_above(info):
             raise NotFound(f"no {mode} plane {plane} of slide {sid!r}")
-        kind = "stored" if plane == 0 else "synthesized" if mode == "sr" else "bicubic"
-        model = {"stored": None, "synthesized": self.bundle.model_id, "bicubic": "bicubic"}[kind]
+        kind = "stored" if plane == 0 else "bicubic" if m.key == BICUBIC else "synthesized"
+        model = None if kind == "stored" else m.model_id
         s = self.settings
         key = (info.stamp, model or "stored", *name, s.jpeg_quality, s.tile_size, s.overlap)
         etag = '"' + hashlib.sha1("|".join(map(str, key)).encode()).hexdigest()[:24] + '"'
-        return TileRef(sid, kind, model, plane, downsample, region, fmt, key, etag)
+        return TileRef(sid, kind, model, plane, downsample, region, fmt, key, etag, m.key)
 
     def tile(self, ref: TileRef, transform: Transform | None = None, budget: int | None = None) -> Tile:
         """The encoded tile, from the cache or made now: pixels → ``transform`` → encode → cache.
@@ -155,22 +197,25 @@ class TileService:
         x, y, w, h = ref.region
         if ref.plane == 0:
             return self.catalog.get(ref.slide)[1].read(x, y, w, h, ref.downsample)
-        planes = self._rasters_of(ref.slide)
-        return (planes.model if ref.kind == "synthesized" else planes.bicubic)[ref.plane].read(x, y, w, h)
+        if ref.kind == "bicubic":
+            return self._rasters_of(ref.slide, self.bundle).bicubic[ref.plane].read(x, y, w, h)
+        return self._rasters_of(ref.slide, self.modes[ref.mode].bundle).model[ref.plane].read(x, y, w, h)
 
     def missing_blocks(self, ref: TileRef, limit: int) -> int:
         """Blocks not yet cached that the tile would synthesize (counting stops past ``limit``); no pixels read."""
         if ref.kind != "synthesized":
             return 0
-        return self._rasters_of(ref.slide).missing_blocks(ref.plane, *ref.region, limit)
+        return self._rasters_of(ref.slide, self.modes[ref.mode].bundle).missing_blocks(ref.plane, *ref.region, limit)
 
-    def _rasters_of(self, sid: str) -> SlideRasters:
+    def _rasters_of(self, sid: str, bundle: Bundle) -> SlideRasters:
         with self._lock:
-            planes = self._rasters.get(sid)
+            planes = self._rasters.get((sid, bundle.name))
             if planes is None:
                 info, raster = self.catalog.get(sid)
-                stages = [lambda img, k=k: self.engine.run(k, img[None])[0] for k in range(self.bundle.stages)]
-                halos = [self.bundle.stage_halo(k) for k in range(self.bundle.stages)]
-                planes = self._rasters[sid] = SlideRasters((info.stamp, self.bundle.model_id), raster, stages,
-                                                           self.stride, self.margin, halos, self.blocks, self.flights)
+                engine = self.engines[bundle.name]
+                stages = [lambda img, k=k: engine.run(k, img[None])[0] for k in range(bundle.stages)]
+                halos = [bundle.stage_halo(k) for k in range(bundle.stages)]
+                planes = self._rasters[(sid, bundle.name)] = SlideRasters(
+                    (info.stamp, bundle.model_id), raster, stages, self.stride, self.margin, halos, self.blocks,
+                    self.flights)
             return planes
