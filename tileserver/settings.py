@@ -70,7 +70,7 @@ class Settings:
         for name in ("slide_dir", "model", "viewer_dir"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
-                object.__setattr__(self, name, Path(value))
+                object.__setattr__(self, name, bundle_path(value) if name == "model" else Path(value))
         object.__setattr__(self, "models", tuple(bundle_path(m) for m in self.models))
         problem = self.problem()
         if problem:
