@@ -149,12 +149,23 @@
   viewer.addHandler("tile-load-failed", (e) => { $("note").textContent = "tile failed: " + e.message; });
 
   // -- what is on screen: OpenSeadragon shows coarser levels until the wanted one has loaded --
+  // the coarsest level drawn where the finest drawn level does not yet cover the image in view
   function drawnMag() {
     const item = viewer.world.getItemAt(0);
     if (!item || !fullMag || !item.getTilesToDraw) return null;
-    const levels = item.getTilesToDraw().map((t) => t.tile.level);
-    if (!levels.length) return null;
-    return fullMag / Math.pow(2, item.source.maxLevel - Math.min(...levels));
+    const tiles = item.getTilesToDraw().map((t) => t.tile).filter((t) => t.position && t.size);
+    if (!tiles.length) return null;
+    const magOf = (level) => fullMag / Math.pow(2, item.source.maxLevel - level);
+    const finest = Math.max(...tiles.map((t) => t.level));
+    const el = viewer.viewport.viewportToViewerElementRectangle(item.getBounds(true));
+    const size = viewer.viewport.getContainerSize();
+    const clip = (x, y, w, h) => Math.max(0, Math.min(x + w, el.x + el.width, size.x) - Math.max(x, el.x, 0)) *
+      Math.max(0, Math.min(y + h, el.y + el.height, size.y) - Math.max(y, el.y, 0));
+    const visible = clip(el.x, el.y, el.width, el.height);
+    const covered = tiles.filter((t) => t.level === finest)
+      .reduce((a, t) => a + clip(t.position.x, t.position.y, t.size.x, t.size.y), 0);
+    if (!visible || covered >= 0.98 * visible) return magOf(finest);
+    return magOf(Math.min(...tiles.map((t) => t.level)));
   }
   function onScreen(mag) {
     const shown = drawnMag(), el = $("onscreen");
@@ -217,6 +228,7 @@
   viewer.addHandler("animation", () => { update(); syncRef(); });
   viewer.addHandler("animation-finish", () => { update(); syncRef(); });
   viewer.addHandler("resize", () => { update(); syncRef(); });
+  viewer.addHandler("update-viewport", () => onScreen(currentMag()));  // every redraw: tiles arrive without animation
 
   viewer.addHandler("canvas-key", (e) => {  // our keys, not OpenSeadragon's (r would rotate)
     if (/^[rbftm1-9]$/i.test(e.originalEvent.key)) { e.preventDefaultAction = true; }
@@ -242,6 +254,8 @@
       $("associated").querySelector("div").append(fig);
     }
   }
+  window.msrRefViewer = () => refViewer;
+  window.msrPhysicalRatio = () => (refInfo ? physicalWidth(slide) / physicalWidth(refInfo) : null);
   window.msrState = () => ({
     mode: current ? (current.kind === "bicubic" ? "bicubic" : "sr") : "sr", kind: current ? current.kind : null,
     modeKey: current ? current.mode : null, mag: currentMag(), onScreen: drawnMag(),
