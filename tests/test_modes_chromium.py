@@ -147,6 +147,10 @@ def test_slide_list_thumbnails_label_and_reference_with_its_5x_slide(server, pag
     p.wait_for_function("document.body.dataset.ready === '1'")
     assert p.evaluate("[...document.querySelectorAll('#associated figcaption')].map(f => f.textContent).sort()") == [
         "label", "macro", "thumbnail"]
+    p.goto(f"{url}/view/CMU-1-Small-Region")  # the reference scan itself says what it is, not an mpp mismatch
+    p.wait_for_function("document.body.dataset.ready === '1'")
+    assert p.evaluate("document.getElementById('note').textContent") == (
+        f"scanned pixels: the reference scan of {SLIDE}")
     assert p.msr_errors == []
 
 

@@ -22,8 +22,9 @@
     modes.find((m) => m.default) || null;
   let lastModel = current && current.kind !== "bicubic" ? current : modes.find((m) => m.default) || null;
   const sourceOf = (m) => (m ? (useIIIF ? m.iiif : m.dzi) : (useIIIF ? slide.iiif : slide.dzi));
-  if (!slide.synthesized) {
-    $("note").textContent = slide.reason || "served as scanned";
+  if (!slide.synthesized) {  // a reference scan says so, not why it is not synthesized
+    $("note").textContent = (slide.reference_of || []).length
+      ? `scanned pixels: the reference scan of ${slide.reference_of.join(", ")}` : (slide.reason || "served as scanned");
   }
   document.body.dataset.mode = current ? current.kind : "scanned";
   document.body.dataset.modeKey = current ? current.mode : "";
