@@ -38,6 +38,7 @@ def server(bundle, realistic_bundle, demo_dir, slide_dir, tmp_path):
     threading.Thread(target=srv.run, daemon=True).start()
     yield f"http://127.0.0.1:{srv.effective_port}", app.extensions["tileserver"]
     srv.close()
+    srv.task_dispatcher.shutdown(cancel_pending=True, timeout=60)  # requests still reading the slide finish first
     app.extensions["tileserver"].close()
 
 

@@ -226,6 +226,7 @@
   $("sync").addEventListener("click", toggleRef);
 
   viewer.addHandler("open", () => { update(); document.body.dataset.ready = "1"; });
+  if (viewer.world.getItemCount() > 0) { update(); document.body.dataset.ready = "1"; }  // opened during the awaits above
   viewer.addHandler("animation", () => { update(); syncRef(); });
   viewer.addHandler("animation-finish", () => { update(); syncRef(); });
   viewer.addHandler("resize", () => { update(); syncRef(); });
