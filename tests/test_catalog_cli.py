@@ -50,7 +50,8 @@ def test_ingested_slide_names_its_reference(wsi_dir, tmp_path, bundle):
         stored = [s for s in slides.values() if s["synthesized"]]
         if not stored or not stored[0]["reference"]:
             pytest.skip("ingest does not record provenance yet")
-        assert stored[0]["reference"] == {"id": "CMU-1-Small-Region", "name": "CMU-1-Small-Region.svs"}
+        assert stored[0]["reference"] == {"id": "CMU-1-Small-Region", "name": "CMU-1-Small-Region.svs",
+                                          "magnification": "20X"}
         assert stored[0]["mpp"]["stored"] == pytest.approx(1.996, abs=0.01)
     finally:
         app.extensions["tileserver"].close()
