@@ -100,6 +100,7 @@ def model_json(svc: TileService, bundle: Bundle | None = None) -> dict[str, Any]
         "id": b.model_id, "name": m["name"], "version": m["version"], "kind": svc.mode(b.name).kind,
         "mode": b.name, "input_mpp": m["input_mpp"], "halo": m["halo"], "licence": m.get("licence"),
         "licence_url": licence_uri(m), "training_data": m.get("training_data"), "losses": m.get("losses"),
+        "training_sources": m.get("training_sources"),
         "quality": m.get("quality"), "provider": engine.provider, "device": svc.settings.device,
         "provider_note": engine.note, "block_input_shapes": [list(shape) for shape in svc.block_shapes],
     }
