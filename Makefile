@@ -16,8 +16,8 @@ MODEL ?=
 # where they exist, else msr-lite (names under tileserver/models, or folders)
 MODELS ?= $(or $(notdir $(wildcard tileserver/models/msr-faithful tileserver/models/msr-realistic)),msr-lite)
 
-# Debian packages the browser and IIIF-validator tests need (installed when root)
-SYSTEM_DEPS := chromium libmagic1
+# Debian packages the browser, IIIF-validator and cluster tests need (installed when root)
+SYSTEM_DEPS := chromium libmagic1 redis-server nginx
 
 .PHONY: serve test venv viewer demo train-smoke evaluate system-deps clean
 
@@ -40,7 +40,7 @@ system-deps:
 	    echo "installing Debian packages: $$missing"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  else \
-	    echo "missing Debian packages: $$missing (apt-get install them; the Chromium and IIIF validator tests need them)"; \
+	    echo "missing Debian packages: $$missing (apt-get install them; the Chromium, IIIF validator and cluster tests need them)"; \
 	  fi; \
 	fi
 

@@ -133,10 +133,12 @@ def api_associated(sid: str, name: str):
 @bp.get("/healthz")
 def healthz():
     svc = service()
-    return jsonify({"status": "ok", "model": svc.bundle.model_id, "models": [m.model_id for m in svc.model_modes],
+    shared = svc.shared.health() if svc.shared else None  # Redis down: degraded, still serving (200)
+    return jsonify({"status": "degraded" if shared and shared["state"] != "ok" else "ok",
+                    "model": svc.bundle.model_id, "models": [m.model_id for m in svc.model_modes],
                     "provider": svc.engine.provider,
                     "provider_note": svc.engine.note, "slides": len(svc.slides()),
-                    "queue_depth": svc.engine.queue.depth()})
+                    "queue_depth": svc.engine.queue.depth(), "shared_cache": shared})
 
 
 @bp.get("/metrics")

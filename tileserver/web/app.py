@@ -22,6 +22,8 @@ def create_app(settings: Settings | Mapping[str, Any] | None = None) -> Flask:
     metrics = Metrics()
     svc = TileService(s, on_inference=metrics.on_inference)
     metrics.watch([svc.blocks, svc.tiles], lambda: sum(e.queue.depth() for e in svc.engines.values()))
+    if svc.shared:
+        metrics.watch_shared(svc.shared.stats)
     metrics.model.info({"model": ",".join(m.model_id for m in svc.model_modes), "provider": svc.engine.provider,
                         "device": s.device, "note": svc.engine.note or ""})
     app = Flask(__name__, static_folder=None)
