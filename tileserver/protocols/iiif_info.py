@@ -14,8 +14,8 @@ PROTOCOL = "http://iiif.io/api/image"
 PRESENTATION_CONTEXT = "http://iiif.io/api/presentation/3/context.json"
 PHYSDIM_CONTEXT = "http://iiif.io/api/annex/services/physdim/1/context.json"
 PHYSDIM_PROFILE = "http://iiif.io/api/annex/services/physdim"
-# the synthesis notice (docs/serving.md, "The synthesis notice"): served by this server under
-# <IIIF root>/ext/synthesis/1/ (context.json: the JSON-LD context; the profile: what each field means)
+# the synthesis notice (docs/serving.md, "the synthesis notice"): its JSON-LD context is SR_CONTEXT;
+# its profile, <IIIF root>/ext/synthesis/1, is served here and says what each field means
 SYNTHESIS_EXT = "ext/synthesis/1"
 SYNTHESIS_TYPE = "SuperResolutionService"
 SYNTHESIS_TERMS = {
@@ -34,6 +34,10 @@ SUPPORTS_2 = ["baseUriRedirect", "canonicalLinkHeader", "cors", "jsonldMediaType
               "regionByPct", "regionByPx", "regionSquare", "rotationArbitrary", "rotationBy90s", "sizeAboveFull",
               "sizeByConfinedWh", "sizeByDistortedWh", "sizeByH", "sizeByPct", "sizeByW", "sizeByWh"]
 EXTRA_FORMATS = [f for f in FORMATS if f not in ("jpg", "png")]
+# JSON-LD context of the super-resolution service: its type and properties are terms of this vocabulary
+# (a linked-data processor keeps them instead of dropping undefined terms)
+SR_VOCAB = "urn:msr-tileserver:iiif:sr#"
+SR_CONTEXT = {"@vocab": SR_VOCAB}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,13 +83,18 @@ def tile_exponent_limit(width: int, height: int, tile: int) -> int:
 
 
 def sizes(d: ImageDescription, limits: Limits) -> list[dict[str, int]]:
-    """Whole-image sizes that read stored pixels only (no synthesis), within the limits, smallest first."""
+    """Whole-image sizes that read stored pixels only (no synthesis), within the limits, smallest first;
+    when the stored level itself is over the limits, the largest size within them (what ``max`` gives)."""
     out = []
     for k in range(d.planes_above, d.max_k + 1):
         w, h = level_size(d.width, d.height, k)
         if w <= limits.max_width and h <= limits.max_height and w * h <= limits.max_area:
-            out.append({"width": w, "height": h})
-    return sorted(out, key=lambda s: s["width"])
+            out.append((w, h))
+    sw, sh = level_size(d.width, d.height, d.planes_above)
+    fw, fh = limits.fit(d.width, d.height)
+    if (fw, fh) not in out and fw <= sw and fh <= sh:
+        out.append((fw, fh))
+    return [{"width": w, "height": h} for w, h in sorted(out)]
 
 
 def physdim_service(d: ImageDescription, service_id: str, version: str) -> dict[str, Any] | None:
@@ -114,7 +123,7 @@ def sr_service(d: ImageDescription, service_id: str, version: str, root: str | N
         {"@id": service_id, "@type": SYNTHESIS_TYPE}
     label = synthesis_label(d)
     return {
-        "@context": f"{root}/{SYNTHESIS_EXT}/context.json",
+        "@context": SR_CONTEXT,
         **ident,
         "profile": f"{root}/{SYNTHESIS_EXT}",
         "label": {"en": [label]} if version == "3" else label,
@@ -127,12 +136,6 @@ def sr_service(d: ImageDescription, service_id: str, version: str, root: str | N
         "model": d.model if synth else None,
         "reason": d.reason,
     }
-
-
-def synthesis_context(root: str) -> dict[str, Any]:
-    """The JSON-LD context of the synthesis notice."""
-    vocab = f"{root}/{SYNTHESIS_EXT}#"
-    return {"@context": {"@vocab": vocab, **{term: f"{vocab}{term}" for term in SYNTHESIS_TERMS}}}
 
 
 def synthesis_profile(root: str) -> dict[str, Any]:
