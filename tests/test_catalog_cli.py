@@ -56,7 +56,8 @@ def test_ingested_slide_names_its_reference(cmu_svs, tmp_path, bundle):
         slides = {s["id"]: s for s in app.test_client().get("/api/slides").json["slides"]}
         stored = [s for s in slides.values() if s["synthesized"]]
         assert [s["name"] for s in stored] == ["CMU-1-Small-Region.5x.tif"]
-        assert stored[0]["reference"] == {"id": "CMU-1-Small-Region", "name": "CMU-1-Small-Region.svs"}
+        assert stored[0]["reference"] == {"id": "CMU-1-Small-Region", "name": "CMU-1-Small-Region.svs",
+                                          "magnification": "20X"}
         assert stored[0]["mpp"]["stored"] == pytest.approx(1.996, abs=0.01)
         assert slides["CMU-1-Small-Region"]["reference"] is None  # the source names no reference of its own
     finally:

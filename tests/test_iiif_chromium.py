@@ -50,7 +50,8 @@ def test_openseadragon_iiif_tile_source_shows_40x(served, page):
     p.wait_for_function("document.body.dataset.ready === '1'")
     assert p.evaluate("document.body.dataset.protocol") == "iiif"
     assert p.evaluate("msrViewer.world.getItemAt(0).source instanceof OpenSeadragon.IIIFTileSource")
-    assert p.evaluate("msrViewer.world.getItemAt(0).source.id") == served.url + "/iiif/3/he5x"
+    # the default model's own image service (the same as /iiif/3/he5x)
+    assert p.evaluate("msrViewer.world.getItemAt(0).source.id") == served.url + f"/m/{svc.bundle.name}/iiif/3/he5x"
     with p.expect_response(lambda r: "/iiif/3/he5x/" in r.url and r.headers.get("x-iiif-scale-factor") == "1",
                            timeout=60_000):  # a 40X tile
         p.keyboard.press("4")  # 40X

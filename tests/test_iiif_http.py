@@ -59,11 +59,19 @@ def test_info_json_3(client, app, he5):
     assert (info["maxWidth"], info["maxHeight"], info["maxArea"]) == (8192, 8192, 4096 * 4096)
     assert info["extraQualities"] == ["color", "gray", "bitonal"] and "webp" in info["extraFormats"]
     assert info["preferredFormats"] == ["jpg"] and "sizeUpscaling" in info["extraFeatures"]
-    assert "rights" not in info
+    # rights: the model's licence (the tiny bundle inherits MoNuSeg's CC BY-NC-SA 4.0)
+    assert info["rights"] == "https://creativecommons.org/licenses/by-nc-sa/4.0/"
     physdim, sr = info["service"]
     assert physdim["physicalScale"] == pytest.approx(0.00025) and physdim["physicalUnits"] == "mm"
     assert sr["storedMagnification"] == "5X" and sr["synthesizedScaleFactors"] == [1, 2, 4]
     assert sr["storedScaleFactor"] == 8 and sr["model"]["id"] == svc.bundle.model_id
+    # the synthesis notice: a documented shape with a JSON-LD context and a profile served here
+    assert sr["profile"] == "http://localhost/iiif/ext/synthesis/1" and sr["type"] == "SuperResolutionService"
+    assert (sr["mode"], sr["synthesizedMagnifications"]) == ("faithful", ["10X", "20X", "40X"])
+    assert sr["label"]["en"][0].startswith(f"Faithful 10X, 20X, 40X by {svc.bundle.model_id}: ")
+    assert "scale factors" not in sr["label"]["en"][0] and sr["label"]["en"][0].endswith("not scanned pixels")
+    fields = client.get("/iiif/ext/synthesis/1").json["fields"]
+    assert set(k for k in sr if k[0] != "@" and k not in ("id", "type", "profile", "label")) == set(fields)
     assert client.get("/iiif/3/he5x/sr").json["synthesizedScaleFactors"] == [1, 2, 4]
     assert client.get("/iiif/3/he5x/physdim").json["physicalUnits"] == "mm"
 
@@ -270,7 +278,19 @@ def test_manifest(client, he5):
     canvas = m["items"][0]
     assert (canvas["type"], canvas["width"], canvas["height"]) == ("Canvas", 8 * he5.shape[1], 8 * he5.shape[0])
     body = canvas["items"][0]["items"][0]["body"]
+    # one model: the default mode and bicubic as a Choice, the model's mode first, each labelled with its kind
+    assert body["type"] == "Choice" and len(body["items"]) == 2
+    assert body["items"][1]["service"][0]["id"] == "http://localhost/m/bicubic/iiif/3/he5x"
+    body = body["items"][0]
     assert body["service"][0] == {"id": "http://localhost/iiif/3/he5x", "type": "ImageService3", "profile": "level2"}
+    assert body["label"]["en"][0].startswith("Faithful 10X, 20X, 40X by tiny@")
+    # the image URL itself is always served: the stored size, no synthesis budget involved
+    r = client.get(body["id"])
+    assert r.status_code == 200 and r.headers["X-Tile-Source"] == "stored"
+    assert img(r).size == (body["width"], body["height"]) == (he5.shape[1], he5.shape[0])
+    assert "synthesized, not scanned" in canvas["label"]["en"][0]
+    assert m["requiredStatement"]["label"] == {"en": ["Synthesized pixels"]}
+    assert m["rights"] == "https://creativecommons.org/licenses/by-nc-sa/4.0/"
     assert canvas["items"][0]["items"][0]["target"] == canvas["id"]
     assert canvas["service"][0]["physicalScale"] == pytest.approx(0.00025)
     thumb = m["thumbnail"][0]

@@ -38,7 +38,8 @@ def test_viewer_zooms_to_40x_with_badge_and_bicubic_switch(server, page, tmp_pat
     url, svc, metrics = server
     p = page
     p.goto(url + "/")
-    p.wait_for_function("document.querySelectorAll('#slides tbody a').length === 3")
+    p.wait_for_function("document.querySelectorAll('#slides tbody tr').length === 3")
+    p.wait_for_function("[...document.querySelectorAll('#slides img.thumb')].every(i => i.complete && i.naturalWidth > 0)")
     p.goto(url + "/view/he5x")
     p.wait_for_function("document.body.dataset.ready === '1'")
     # the badge shows exactly when the view is above the stored 5X
@@ -57,6 +58,9 @@ def test_viewer_zooms_to_40x_with_badge_and_bicubic_switch(server, page, tmp_pat
     assert state["mode"] == "sr" and svc.bundle.model_id in state["badge"]
     assert p.evaluate("document.getElementById('mag').textContent") == "40X"
     assert p.evaluate("document.querySelector('#scalebar .label').textContent").endswith("µm")
+    # the scale bar has a dark backing, whatever the slide behind it
+    backing = p.evaluate("getComputedStyle(document.getElementById('scalebar')).backgroundColor")
+    assert backing.startswith("rgba(0, 0, 0") and p.evaluate("document.getElementById('protocol').textContent") == "Deep Zoom"
     p.screenshot(path=tmp_path / "viewer-40x.png")
     if os.environ.get("VIEWER_SCREENSHOT"):
         shutil.copy(tmp_path / "viewer-40x.png", os.environ["VIEWER_SCREENSHOT"])
@@ -64,7 +68,7 @@ def test_viewer_zooms_to_40x_with_badge_and_bicubic_switch(server, page, tmp_pat
     before = metrics.tiles.labels(level=str(top), kind="bicubic")._value.get()
     p.keyboard.press("b")
     p.wait_for_function("msrState().mode === 'bicubic'")
-    p.wait_for_function("msrViewer.world.getItemCount() === 1 && msrViewer.world.getItemAt(0).source.tilesUrl.includes('/dzi-bicubic/')")
+    p.wait_for_function("msrViewer.world.getItemCount() === 1 && msrViewer.world.getItemAt(0).source.tilesUrl.includes('/m/bicubic/dzi/')")
     p.wait_for_function("msrViewer.world.getItemAt(0).getFullyLoaded()", timeout=60_000)
     assert "Bicubic" in p.evaluate("msrState()")["badge"]
     p.wait_for_function("Math.abs(msrState().mag - 40) < 0.5")  # the switch keeps the place and magnification

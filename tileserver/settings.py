@@ -12,21 +12,34 @@ from pathlib import Path
 from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
+MODELS_DIR = ROOT / "tileserver" / "models"
 DEVICES = ("auto", "cpu", "cuda")
 
 
 def option(default: Any, help: str, *, cast: Callable[[str], Any] | None = None, flag: str | None = None,
-           group: str | None = None, choices: tuple | None = None) -> Any:
+           group: str | None = None, choices: tuple | None = None, many: str | None = None) -> Any:
     """A setting that is also a `tileserver serve` flag (``--name-with-dashes`` unless ``flag`` says);
-    ``cast`` parses its value (default: the type of ``default``)."""
-    meta = {"help": help, "cast": cast or type(default), "flag": flag, "group": group, "choices": choices}
+    ``cast`` parses its value (default: the type of ``default``); with ``many``, the flag may be repeated:
+    the first value sets this field, the rest the field named ``many``."""
+    meta = {"help": help, "cast": cast or type(default), "flag": flag, "group": group, "choices": choices,
+            "many": many}
     return dataclasses.field(default=default, metadata=meta)
+
+
+def bundle_path(value: str | Path) -> Path:
+    """A model bundle named on the command line: a folder, or the name of one under tileserver/models."""
+    path = Path(value)
+    named = MODELS_DIR / str(value)
+    return named if not path.is_dir() and path.parent == Path(".") and named.is_dir() else path
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
     slide_dir: Path = option(Path("var/slides"), "folder of slides to serve", flag="slide_dir")
-    model: Path | None = option(None, "model bundle folder (default: the bundled msr-lite)", cast=Path)
+    model: Path | None = option(None, "model bundle: a folder or a name under tileserver/models; repeat for "
+                                      "several models, the first is the default (default: msr-lite)",
+                                cast=bundle_path, flag="--model", many="models")
+    models: tuple[Path, ...] = ()  # further bundles served beside ``model`` (the second and later --model)
     host: str = option("127.0.0.1", "address to bind; 127.0.0.1 is this machine only")
     port: int = option(5000, "TCP port; 0 takes any free one")
     cache_mb: float = option(1024, "memory for cached blocks and tiles (MiB)", cast=float)
@@ -66,7 +79,8 @@ class Settings:
         for name in ("slide_dir", "model", "viewer_dir"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
-                object.__setattr__(self, name, Path(value))
+                object.__setattr__(self, name, bundle_path(value) if name == "model" else Path(value))
+        object.__setattr__(self, "models", tuple(bundle_path(m) for m in self.models))
         problem = self.problem()
         if problem:
             raise ValueError(problem)
@@ -90,6 +104,11 @@ class Settings:
             (not self.redis or check_redis_url(self.redis) is None, self.redis and check_redis_url(self.redis)),
         ]
         return next((message for ok, message in checks if not ok), None)
+
+
+def bundle_paths(s: Settings) -> list[Path | None]:
+    """The bundles to load, the default first (None: the shipped msr-lite)."""
+    return [s.model, *s.models]
 
 
 def check_redis_url(url: str) -> str | None:

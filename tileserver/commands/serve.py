@@ -27,14 +27,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         else:
             flag = meta["flag"] or "--" + f.name.replace("_", "-")
             target.add_argument(flag, dest=f.name, type=meta["cast"], default=f.default, choices=meta["choices"],
+                                action="append" if meta["many"] else "store",
                                 metavar=None if meta["choices"] else flag[2:].replace("-", "_").upper(),
                                 help=meta["help"] + shown)
     p.set_defaults(func=run)
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
+    values = {f.name: getattr(args, f.name) for f in cli_fields()}
+    for f in cli_fields():  # a repeated flag: the first value, then the rest
+        if f.metadata["many"] and values[f.name] is not None:
+            values[f.name], values[f.metadata["many"]] = values[f.name][0], tuple(values[f.name][1:])
     try:
-        s = Settings(**{f.name: getattr(args, f.name) for f in cli_fields()}, warm_up=True)
+        s = Settings(**values, warm_up=True)
     except ValueError as e:
         raise UsageError(str(e)) from None
     if not s.slide_dir.is_dir():
@@ -81,8 +86,9 @@ def run(args: argparse.Namespace) -> int:
         except (BundleError, FileNotFoundError, ValueError) as e:
             raise UsageError(str(e)) from None
         svc = app.extensions["tileserver"]
+        models = ", ".join(f"{m.model_id} ({m.kind})" for m in svc.model_modes)
         log.info("serving %d slide(s) from %s with %s on %s at http://%s:%d/", len(svc.slides()), s.slide_dir,
-                 svc.bundle.model_id, svc.engine.provider, s.host, socks[0].getsockname()[1])
+                 models, svc.engine.provider, s.host, socks[0].getsockname()[1])
         # lookahead lets waitress notice a client that left, so its queued inference is dropped
         serve(app, sockets=socks, threads=s.http_threads, ident="msr-tileserver", channel_request_lookahead=1)
     finally:

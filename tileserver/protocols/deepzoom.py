@@ -17,7 +17,6 @@ from tileserver.raster import geometry as g
 from tileserver.raster.catalog import SlideInfo
 
 FORMATS = ("jpeg", "jpg", "png")
-MODES = ("sr", "bicubic")
 _INT = re.compile(r"0|[1-9][0-9]{0,8}")
 _TILE = re.compile(r"([0-9]{1,9})_([0-9]{1,9})\.([A-Za-z]{1,5})")
 
@@ -25,7 +24,7 @@ _TILE = re.compile(r"([0-9]{1,9})_([0-9]{1,9})\.([A-Za-z]{1,5})")
 @dataclasses.dataclass(frozen=True)
 class TileRequest:
     slide: str
-    mode: str  # "sr" or "bicubic"
+    mode: str  # "sr" (the default model), a model's name, or "bicubic"
     level: int
     col: int
     row: int
@@ -91,9 +90,8 @@ def parse_dzi_name(name: str) -> str:
 
 
 def parse_tile(slide_files: str, level: str, tile: str, mode: str = "sr") -> TileRequest:
-    """``<slide>_files``, ``<level>``, ``<col>_<row>.<fmt>`` → TileRequest (RequestError, NotFound)."""
-    if mode not in MODES:
-        raise NotFound(f"unknown view {mode!r}")
+    """``<slide>_files``, ``<level>``, ``<col>_<row>.<fmt>`` → TileRequest (RequestError, NotFound);
+    the tile service checks ``mode``."""
     if not slide_files.endswith("_files") or len(slide_files) <= 6:
         raise NotFound(f"not a Deep Zoom tile folder: {slide_files!r}")
     if not _INT.fullmatch(level):

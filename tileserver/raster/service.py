@@ -5,8 +5,10 @@ planes, encodes them and keeps the bytes in the encoded-tile cache that Deep Zoo
 and IIIF share. No JSON and no HTTP here: values out, ``NotFound`` and
 ``OverBudget`` raised; ``tileserver.web`` turns both into responses.
 
-One service serves one model bundle: its mode ``"sr"``, and ``"bicubic"`` (the same
-planes by interpolation, for audit). Shared by all request threads; no
+One service serves one or more model bundles, each a mode (``inference.modes``) named
+in URLs by the bundle's name (``"sr"`` is the default, the first bundle), and
+``"bicubic"`` (the same planes by interpolation, for audit). The model id is in every
+cache key and ETag, so the modes share the caches. Shared by all request threads; no
 per-request state lives here.
 """
 from __future__ import annotations
@@ -22,6 +24,7 @@ from PIL import Image
 from tileserver.errors import NotFound, OverBudget
 from tileserver.inference import Bundle, Engine, load_bundle
 from tileserver.inference.engine import StageTimer
+from tileserver.inference.modes import BICUBIC, Mode, model_modes
 from tileserver.raster import geometry as g
 from tileserver.raster.blockgrid import Grid, default_fans
 from tileserver.raster.cache import ByteLRU
@@ -29,9 +32,9 @@ from tileserver.raster.catalog import Catalog, SlideInfo
 from tileserver.raster.encode import encode, mimetype
 from tileserver.raster.planes import SingleFlight, SlideRasters
 from tileserver.raster.prefetch import Prefetcher, current_viewer
-from tileserver.settings import Settings
+from tileserver.settings import Settings, bundle_paths
 
-MODES = ("sr", "bicubic")
+DEFAULT_MODE = "sr"  # the first bundle's mode, under the URLs that name no mode
 Transform = Callable[[np.ndarray], "np.ndarray | Image.Image"]
 
 
@@ -48,6 +51,7 @@ class TileRef:
     format: str  # jpg/jpeg, png, webp, tif, gif
     key: tuple[Hashable, ...]  # slide file, model, the protocol's name, quality, block grid
     etag: str  # quoted, from ``key``
+    mode: str = DEFAULT_MODE  # the mode's key: a bundle's name or "bicubic"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,27 +82,51 @@ class Tile:
 class TileService:
     def __init__(self, settings: Settings, bundle: Bundle | None = None, on_inference: StageTimer | None = None):
         s = self.settings = settings
-        self.bundle = bundle or load_bundle(s.model)
+        paths = bundle_paths(s)
+        bundles = [bundle or load_bundle(paths[0])] + [load_bundle(p) for p in paths[1:]]
+        self.modes: dict[str, Mode] = {m.key: m for m in model_modes(bundles)}
+        self.bundle = bundles[0]  # the default model
         self.catalog = Catalog(s.slide_dir, self.bundle.input_mpp, s.assume_mpp)
-        self.engine = Engine(self.bundle, s.device, s.threads, s.queue_size, on_run=on_inference)
+        self.engines = {b.name: Engine(b, s.device, s.threads, s.queue_size, on_run=on_inference) for b in bundles}
+        self.engine = self.engines[self.bundle.name]
         budget = int(s.cache_mb * 2**20)
         self.tiles = ByteLRU("tiles", int(budget * s.tile_cache_fraction))
         self.blocks = ByteLRU("blocks", budget - self.tiles.max_bytes)
         self.flights = SingleFlight()
-        halos = tuple(self.bundle.stage_halo(k) for k in range(self.bundle.stages))
-        self.grid = Grid(g.block_stride(s.tile_size), g.block_margin(s.overlap), halos, default_fans(len(halos)))
+        self.grids = {b.name: Grid(g.block_stride(s.tile_size), g.block_margin(s.overlap),
+                                   tuple(b.stage_halo(k) for k in range(b.stages)), default_fans(b.stages))
+                      for b in bundles}  # one stride and margin (the tiles), each model's own halos
+        self.grid = self.grids[self.bundle.name]
         self.stride, self.margin = self.grid.stride, self.grid.margin  # the top blocks' side: IIIF's tile size
         self.shared = self._share() if s.redis else None
-        self._rasters: dict[str, SlideRasters] = {}
+        self._rasters: dict[tuple[str, str], SlideRasters] = {}
         self._lock = threading.Lock()
-        self.prefetch = Prefetcher(self.engine.queue, self._rasters_of, s.prefetch_blocks, int(s.prefetch_mb * 2**20))
+        self.prefetch = Prefetcher(self.engine.queue, lambda sid: self._rasters_of(sid, self.bundle), s.prefetch_blocks, int(s.prefetch_mb * 2**20))
         if s.warm_up:
-            self.engine.warm_up(self.block_shapes)
+            for name, engine in self.engines.items():
+                engine.warm_up(self.block_shapes_of(self.grids[name]))
+
+    @property
+    def model_modes(self) -> list[Mode]:
+        """The modes made by a model, the default first."""
+        return [m for m in self.modes.values() if m.bundle]
+
+    def mode(self, key: str) -> Mode:
+        """The mode a URL names: ``"sr"`` (the default model), a model's name, or ``"bicubic"``."""
+        found = self.modes.get(self.bundle.name if key == DEFAULT_MODE else key)
+        if found is None:
+            raise NotFound(f"no mode {key!r} (modes: {', '.join(self.modes)})")
+        return found
 
     @property
     def block_shapes(self) -> list[tuple[int, int]]:
-        """The fixed input shape of each stage's blocks (``blockgrid``)."""
-        return [(self.grid.input_side(p), self.grid.input_side(p)) for p in range(1, self.grid.top + 1)]
+        """The fixed input shape of each stage's blocks of the default model (``blockgrid``)."""
+        return self.block_shapes_of(self.grid)
+
+    @staticmethod
+    def block_shapes_of(grid: Grid) -> list[tuple[int, int]]:
+        """The fixed input shape of each stage's blocks on ``grid``."""
+        return [(grid.input_side(p), grid.input_side(p)) for p in range(1, grid.top + 1)]
 
     def _share(self):
         """Redis behind both caches and the block single-flight (``raster.shared_cache``)."""
@@ -106,7 +134,8 @@ class TileService:
 
         s, b = self.settings, self.bundle
         stamps = {info.stamp: slide_digest(info.path) for info, _ in map(self.catalog.get, self.catalog.ids())}
-        models = {b.model_id: f"{b.model_id}#{model_digest(st['sha256'] for st in b.manifest['stages'])}"}
+        models = {m.model_id: f"{m.model_id}#{model_digest(st['sha256'] for st in m.bundle.manifest['stages'])}"
+                  for m in self.model_modes}  # every mode's model: names that every replica shares
         shared = SharedCaches(s.redis, stamps, models, s.redis_lock_ttl, s.redis_timeout, s.redis_backoff_max)
         halos = ",".join(str(b.stage_halo(k)) for k in range(b.stages))
         self.tiles = shared.tier(self.tiles)
@@ -117,7 +146,8 @@ class TileService:
 
     def close(self) -> None:
         self.prefetch.close()
-        self.engine.close()
+        for engine in self.engines.values():
+            engine.close()
         self.catalog.close()
         if self.shared:
             self.shared.close()
@@ -139,6 +169,25 @@ class TileService:
     def reference_of(self, info: SlideInfo) -> SlideInfo | None:
         return self.catalog.reference_of(info)
 
+    def associated_names(self, sid: str) -> tuple[str, ...]:
+        """The slide's associated images (label, macro, thumbnail, ...), kept by ingest."""
+        self.slide(sid)
+        return self.catalog.get(sid)[1].associated_names
+
+    def associated(self, sid: str, name: str) -> tuple[bytes, str]:
+        """(JPEG, ETag) of an associated image; NotFound when the slide has none by that name."""
+        info = self.slide(sid)
+        raster = self.catalog.get(sid)[1]
+        if name not in raster.associated_names:
+            raise NotFound(f"slide {sid!r} has no associated image {name!r} (it has: "
+                           f"{', '.join(raster.associated_names) or 'none'})")
+        key = (info.stamp, "associated", name, self.settings.jpeg_quality)
+        body = self.tiles.get(key)
+        if body is None:
+            body = encode(np.asarray(raster.associated(name)), "jpg", self.settings.jpeg_quality)
+            self.tiles.put(key, body)
+        return body, '"' + hashlib.sha1("|".join(map(str, key)).encode()).hexdigest()[:24] + '"'
+
     def planes_above(self, info: SlideInfo) -> int:
         """Synthesized planes above the stored one: the bundle's stages, or 0 for a slide served as scanned."""
         return self.bundle.stages if info.synthesized else 0
@@ -148,14 +197,15 @@ class TileService:
                name: tuple[Hashable, ...]) -> TileRef:
         """Name the pixels of a tile (``name``: the protocol's own, format included) and give its ETag."""
         info = self.slide(sid)
-        if mode not in MODES or not 0 <= plane <= self.planes_above(info):
+        m = self.mode(mode)
+        if not 0 <= plane <= self.planes_above(info):
             raise NotFound(f"no {mode} plane {plane} of slide {sid!r}")
-        kind = "stored" if plane == 0 else "synthesized" if mode == "sr" else "bicubic"
-        model = {"stored": None, "synthesized": self.bundle.model_id, "bicubic": "bicubic"}[kind]
+        kind = "stored" if plane == 0 else "bicubic" if m.key == BICUBIC else "synthesized"
+        model = None if kind == "stored" else m.model_id
         s = self.settings
         key = (info.stamp, model or "stored", *name, s.jpeg_quality, s.tile_size, s.overlap)
         etag = '"' + hashlib.sha1("|".join(map(str, key)).encode()).hexdigest()[:24] + '"'
-        return TileRef(sid, kind, model, plane, downsample, region, fmt, key, etag)
+        return TileRef(sid, kind, model, plane, downsample, region, fmt, key, etag, m.key)
 
     def tile(self, ref: TileRef, transform: Transform | None = None, budget: int | None = None) -> Tile:
         """The encoded tile, from the cache or made now: pixels → ``transform`` → encode → cache.
@@ -184,12 +234,13 @@ class TileService:
         x, y, w, h = ref.region
         if ref.plane == 0:
             return self.catalog.get(ref.slide)[1].read(x, y, w, h, ref.downsample)
-        planes = self._rasters_of(ref.slide)
-        return (planes.model if ref.kind == "synthesized" else planes.bicubic)[ref.plane].read(x, y, w, h)
+        if ref.kind == "bicubic":
+            return self._rasters_of(ref.slide, self.bundle).bicubic[ref.plane].read(x, y, w, h)
+        return self._rasters_of(ref.slide, self.modes[ref.mode].bundle).model[ref.plane].read(x, y, w, h)
 
     def _ready_blocks(self, ref: TileRef) -> list[Hashable]:
         """Cache keys of the blocks serving a synthesized tile when all are cached, else []."""
-        sp = self._rasters_of(ref.slide).synthesized(ref.plane)
+        sp = self._rasters_of(ref.slide, self.modes[ref.mode].bundle).synthesized(ref.plane)
         blocks = sp.layout(*ref.region)
         return [(sp.key, sp.index, *b) for b in blocks] if all(sp.cached(*b) for b in blocks) else []
 
@@ -205,14 +256,15 @@ class TileService:
         """Blocks not yet cached that the tile would synthesize (counting stops past ``limit``); no pixels read."""
         if ref.kind != "synthesized":
             return 0
-        return self._rasters_of(ref.slide).missing_blocks(ref.plane, *ref.region, limit)
+        return self._rasters_of(ref.slide, self.modes[ref.mode].bundle).missing_blocks(ref.plane, *ref.region, limit)
 
-    def _rasters_of(self, sid: str) -> SlideRasters:
+    def _rasters_of(self, sid: str, bundle: Bundle) -> SlideRasters:
         with self._lock:
-            planes = self._rasters.get(sid)
+            planes = self._rasters.get((sid, bundle.name))
             if planes is None:
                 info, raster = self.catalog.get(sid)
-                stages = [lambda img, k=k: self.engine.run(k, img[None])[0] for k in range(self.bundle.stages)]
-                planes = self._rasters[sid] = SlideRasters((info.stamp, self.bundle.model_id), raster, stages,
-                                                           self.grid, self.blocks, self.flights)
+                engine, grid = self.engines[bundle.name], self.grids[bundle.name]
+                stages = [lambda img, k=k: engine.run(k, img[None])[0] for k in range(bundle.stages)]
+                planes = self._rasters[(sid, bundle.name)] = SlideRasters((info.stamp, bundle.model_id), raster, stages,
+                                                                          grid, self.blocks, self.flights)
             return planes

@@ -20,8 +20,11 @@ class StoredRaster(Protocol):
     """Pixels as scanned. ``read`` takes a region on the plane downsampled by a power of two."""
 
     size: tuple[int, int]
+    associated_names: tuple[str, ...]  # the slide's associated images ("thumbnail", "label", "macro", ...)
 
     def read(self, x: int, y: int, w: int, h: int, downsample: int = 1) -> np.ndarray: ...
+
+    def associated(self, name: str) -> Image.Image: ...
 
     def close(self) -> None: ...
 
@@ -45,6 +48,14 @@ class OpenSlideRaster:
         self._slide = openslide.OpenSlide(str(path))
         self.size = self._slide.dimensions
         self.properties: Mapping[str, str] = dict(self._slide.properties)
+        self.associated_names = tuple(sorted(self._slide.associated_images))
+
+    def associated(self, name: str) -> Image.Image:
+        """An associated image (label, macro, thumbnail) as RGB on white; KeyError if the slide has none."""
+        im = self._slide.associated_images[name]
+        bg = Image.new("RGB", im.size, (255, 255, 255))
+        bg.paste(im, mask=im.getchannel("A") if im.mode == "RGBA" else None)
+        return bg
 
     def read(self, x: int, y: int, w: int, h: int, downsample: int = 1) -> np.ndarray:
         _check(self.size, downsample, x, y, w, h)
@@ -73,6 +84,10 @@ class ImageRaster:
             self._img = np.asarray(im.convert("RGB"))
         self.size = (self._img.shape[1], self._img.shape[0])
         self.properties: Mapping[str, str] = {}
+        self.associated_names: tuple[str, ...] = ()
+
+    def associated(self, name: str) -> Image.Image:
+        raise KeyError(name)
 
     def read(self, x: int, y: int, w: int, h: int, downsample: int = 1) -> np.ndarray:
         _check(self.size, downsample, x, y, w, h)

@@ -1,5 +1,6 @@
-"""The JSON API and operations: ``/api/slides`` (what the viewer reads), ``/healthz``,
-``/metrics`` (Prometheus)."""
+"""The JSON API and operations: ``/api/slides`` (what the viewer reads: every slide with its
+modes, associated images, thumbnail and reference), ``/api/slides/<slide>/associated/<name>.jpg``,
+``/healthz``, ``/metrics`` (Prometheus)."""
 from __future__ import annotations
 
 from typing import Any
@@ -7,10 +8,14 @@ from typing import Any
 from flask import Blueprint, Response, jsonify
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from tileserver.inference import Bundle
+from tileserver.inference.modes import Mode, licence_uri
 from tileserver.protocols import deepzoom as dz
 from tileserver.raster.catalog import SlideInfo, magnification
 from tileserver.raster.service import TileService
-from tileserver.web.http import metrics, service
+from tileserver.web.http import conditional, metrics, service
+
+THUMBNAIL_SIDE = 160  # px: the slide list's thumbnails (stored pixels, never synthesized)
 
 bp = Blueprint("api", __name__)
 
@@ -30,11 +35,35 @@ def magnifications(svc: TileService, info: SlideInfo, top: int) -> list[dict[str
              "level": top - k, "magnification": base / 2**k} for k in range(4) if top - k >= 0]
 
 
+def mode_json(svc: TileService, info: SlideInfo, m: Mode, synthesized: list[str]) -> dict[str, Any]:
+    """One mode of a synthesized slide: its kind, model, what its pixels are, and its own URLs."""
+    stored = f"{svc.bundle.magnification:g}X"
+    return {"mode": m.key, "kind": m.kind, "title": m.title, "model": m.model_id if m.bundle else None,
+            "default": m.bundle is svc.bundle, "notice": m.notice(stored),
+            "description": m.describe("/".join(synthesized), stored),
+            "dzi": f"/m/{m.key}/dzi/{info.id}.dzi", "iiif": f"/m/{m.key}/iiif/3/{info.id}/info.json",
+            "iiif_manifest": f"/m/{m.key}/iiif/3/{info.id}/manifest.json"}
+
+
+def referenced_by(svc: TileService, info: SlideInfo) -> list[str]:
+    """The slides whose ingest provenance names ``info`` as their source (their reference)."""
+    return [other.id for other in svc.slides() if other.id != info.id and svc.reference_of(other) == info]
+
+
+def thumbnail_url(info: SlideInfo, associated: tuple[str, ...]) -> str:
+    """The slide's own thumbnail when it has one, else a small IIIF image of stored pixels."""
+    if "thumbnail" in associated:
+        return f"/api/slides/{info.id}/associated/thumbnail.jpg"
+    return f"/iiif/3/{info.id}/full/{min(THUMBNAIL_SIDE, info.size[0])},/0/default.jpg"
+
+
 def slide_json(svc: TileService, info: SlideInfo) -> dict[str, Any]:
     synth = svc.planes_above(info)
     p = dz.view(info, synth, "sr", svc.settings.tile_size, svc.settings.overlap)
     mags = magnifications(svc, info, p.top)
     ref = svc.reference_of(info)
+    associated = svc.associated_names(info.id)
+    synthesized = [m["name"] for m in mags if m["synthesized"]]
     return {
         "id": info.id,
         "name": info.name,
@@ -45,9 +74,14 @@ def slide_json(svc: TileService, info: SlideInfo) -> dict[str, Any]:
         "synthesized": info.synthesized,
         "synthesized_magnifications": [m["name"] for m in mags if m["synthesized"]],
         "model": svc.bundle.model_id if info.synthesized else None,
+        "modes": [mode_json(svc, info, m, synthesized) for m in svc.modes.values()] if info.synthesized else [],
         "reason": info.reason,
-        "reference": {"id": ref.id, "name": ref.name} if ref else (
+        "reference": {"id": ref.id, "name": ref.name,
+                      "magnification": f"{magnification(ref.mpp):.3g}X" if ref.mpp else None} if ref else (
             {"id": None, "name": info.reference_name} if info.reference_name else None),
+        "reference_of": referenced_by(svc, info),
+        "thumbnail": thumbnail_url(info, associated),
+        "associated": {name: f"/api/slides/{info.id}/associated/{name}.jpg" for name in associated},
         "dzi": f"/dzi/{info.id}.dzi",
         "iiif": f"/iiif/3/{info.id}/info.json",
         "iiif_manifest": f"/iiif/3/{info.id}/manifest.json",
@@ -58,26 +92,42 @@ def slide_json(svc: TileService, info: SlideInfo) -> dict[str, Any]:
     }
 
 
-def model_json(svc: TileService) -> dict[str, Any]:
-    m = svc.bundle.manifest
+def model_json(svc: TileService, bundle: Bundle | None = None) -> dict[str, Any]:
+    """A loaded model (default: the default one): id, kind, licence, training data, quality, where it runs."""
+    b = bundle or svc.bundle
+    m, engine = b.manifest, svc.engines[b.name]
     return {
-        "id": svc.bundle.model_id, "name": m["name"], "version": m["version"], "input_mpp": m["input_mpp"],
-        "halo": m["halo"], "licence": m.get("licence"), "training_data": m.get("training_data"),
-        "quality": m.get("quality"), "provider": svc.engine.provider, "device": svc.settings.device,
-        "provider_note": svc.engine.note, "block_input_shapes": [list(shape) for shape in svc.block_shapes],
+        "id": b.model_id, "name": m["name"], "version": m["version"], "kind": svc.mode(b.name).kind,
+        "mode": b.name, "input_mpp": m["input_mpp"], "halo": m["halo"], "licence": m.get("licence"),
+        "licence_url": licence_uri(m), "training_data": m.get("training_data"), "losses": m.get("losses"),
+        "training_sources": m.get("training_sources"),
+        "quality": m.get("quality"), "provider": engine.provider, "device": svc.settings.device,
+        "provider_note": engine.note, "block_input_shapes": [list(shape) for shape in svc.block_shapes],
     }
+
+
+def models_json(svc: TileService) -> list[dict[str, Any]]:
+    return [model_json(svc, m.bundle) for m in svc.model_modes]
 
 
 @bp.get("/api/slides")
 def api_slides():
     svc = service()
-    return jsonify({"model": model_json(svc), "slides": [slide_json(svc, info) for info in svc.slides()]})
+    return jsonify({"model": model_json(svc), "models": models_json(svc),
+                    "slides": [slide_json(svc, info) for info in svc.slides()]})
 
 
 @bp.get("/api/slides/<sid>")
 def api_slide(sid: str):
     svc = service()
-    return jsonify({"model": model_json(svc), "slide": slide_json(svc, svc.slide(sid))})
+    return jsonify({"model": model_json(svc), "models": models_json(svc), "slide": slide_json(svc, svc.slide(sid))})
+
+
+@bp.get("/api/slides/<sid>/associated/<name>.jpg")
+def api_associated(sid: str, name: str):
+    svc = service()
+    body, etag = svc.associated(sid, name)
+    return conditional(etag, lambda: Response(body, mimetype="image/jpeg"), max_age=svc.settings.max_age)
 
 
 @bp.get("/healthz")
@@ -85,7 +135,8 @@ def healthz():
     svc = service()
     shared = svc.shared.health() if svc.shared else None  # Redis down: degraded, still serving (200)
     return jsonify({"status": "degraded" if shared and shared["state"] != "ok" else "ok",
-                    "model": svc.bundle.model_id, "provider": svc.engine.provider,
+                    "model": svc.bundle.model_id, "models": [m.model_id for m in svc.model_modes],
+                    "provider": svc.engine.provider,
                     "provider_note": svc.engine.note, "slides": len(svc.slides()),
                     "queue_depth": svc.engine.queue.depth(), "shared_cache": shared})
 

@@ -1,5 +1,7 @@
 """``create_app(settings)``: the Flask app. One tile service (``tileserver.raster``)
 behind four blueprints: Deep Zoom, IIIF, the API and operations, the viewer pages.
+Deep Zoom and IIIF serve the default model at ``/dzi`` and ``/iiif`` and every mode
+(each model, and bicubic) at ``/m/<mode>/dzi`` and ``/m/<mode>/iiif``.
 Bad input gets a 4xx with a one-line reason, never a 500 (``web.http``)."""
 from __future__ import annotations
 
@@ -19,12 +21,12 @@ def create_app(settings: Settings | Mapping[str, Any] | None = None) -> Flask:
     s = settings if isinstance(settings, Settings) else Settings(**(settings or {}))
     metrics = Metrics()
     svc = TileService(s, on_inference=metrics.on_inference)
-    metrics.watch([svc.blocks, svc.tiles], svc.engine.queue.depth)
+    metrics.watch([svc.blocks, svc.tiles], lambda: sum(e.queue.depth() for e in svc.engines.values()))
     metrics.watch_work(svc.work_stats)
     if svc.shared:
         metrics.watch_shared(svc.shared.stats)
-    metrics.model.info({"model": svc.bundle.model_id, "provider": svc.engine.provider, "device": s.device,
-                        "note": svc.engine.note or ""})
+    metrics.model.info({"model": ",".join(m.model_id for m in svc.model_modes), "provider": svc.engine.provider,
+                        "device": s.device, "note": svc.engine.note or ""})
     app = Flask(__name__, static_folder=None)
     app.extensions["tileserver"] = svc
     app.extensions["metrics"] = metrics
@@ -32,4 +34,6 @@ def create_app(settings: Settings | Mapping[str, Any] | None = None) -> Flask:
     http.track_clients(app)
     for blueprint in (deepzoom.bp, iiif.bp, api.bp, viewer.bp):
         app.register_blueprint(blueprint)
+    for blueprint in (deepzoom.bp, iiif.bp):  # each mode's own pyramid and image service: /m/<mode>/dzi, /m/<mode>/iiif
+        app.register_blueprint(blueprint, url_prefix="/m/<mode>", name=f"{blueprint.name}_of_mode")
     return app

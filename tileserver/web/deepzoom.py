@@ -1,5 +1,6 @@
-"""Deep Zoom over HTTP: ``/dzi/<slide>.dzi`` and its tiles, and the same pyramid by
-bicubic interpolation under ``/dzi-bicubic`` (for audit)."""
+"""Deep Zoom over HTTP: ``/dzi/<slide>.dzi`` and its tiles (the default model), the same
+pyramid by bicubic interpolation under ``/dzi-bicubic`` (for audit), and each mode's own
+pyramid under ``/m/<mode>/dzi`` (a model's name, or bicubic)."""
 from __future__ import annotations
 
 import time
@@ -8,14 +9,17 @@ from flask import Blueprint, Response
 
 from tileserver.protocols import deepzoom as dz
 from tileserver.raster.service import TileService
-from tileserver.web.http import conditional, metrics, service
+from tileserver.errors import NotFound
+from tileserver.web.http import conditional, metrics, mode_key, mode_or_default, pull_mode, service
 
 bp = Blueprint("deepzoom", __name__)
+bp.url_value_preprocessor(pull_mode)
 
 
 def pyramid(svc: TileService, sid: str, mode: str = "sr") -> dz.Pyramid:
     """The Deep Zoom pyramid of a slide's view, as ``svc`` serves it."""
     info = svc.slide(sid)
+    mode = svc.mode(mode).key  # NotFound for a mode not served
     return dz.view(info, svc.planes_above(info), mode, svc.settings.tile_size, svc.settings.overlap)
 
 
@@ -30,7 +34,8 @@ def tile_response(slide_files: str, level: str, tile: str, mode: str) -> Respons
     plane, downsample, region = pyramid(svc, req.slide, req.mode).tile(req.level, req.col, req.row)
     ref = svc.locate(req.slide, req.mode, plane, downsample, region, req.format,
                      (req.level, req.col, req.row, req.format))
-    headers = {"X-Tile-Source": ref.kind, **({"X-SR-Model": ref.model} if ref.model else {})}
+    headers = {"X-Tile-Source": ref.kind, **({"X-SR-Model": ref.model, "X-SR-Mode": svc.mode(ref.mode).kind}
+                                             if ref.model else {})}
 
     def make() -> Response:
         t0 = time.perf_counter()
@@ -45,19 +50,25 @@ def tile_response(slide_files: str, level: str, tile: str, mode: str) -> Respons
 
 @bp.get("/dzi/<name>")
 def dzi(name: str):
-    return dzi_response(name, "sr")
+    return dzi_response(name, mode_or_default())
 
 
 @bp.get("/dzi/<slide_files>/<level>/<tile>")
 def dzi_tile(slide_files: str, level: str, tile: str):
-    return tile_response(slide_files, level, tile, "sr")
+    return tile_response(slide_files, level, tile, mode_or_default())
+
+
+def bicubic_only() -> str:
+    if mode_key():
+        raise NotFound("/dzi-bicubic has no mode prefix: the bicubic pyramid is /m/bicubic/dzi")
+    return "bicubic"
 
 
 @bp.get("/dzi-bicubic/<name>")
 def dzi_bicubic(name: str):
-    return dzi_response(name, "bicubic")
+    return dzi_response(name, bicubic_only())
 
 
 @bp.get("/dzi-bicubic/<slide_files>/<level>/<tile>")
 def dzi_bicubic_tile(slide_files: str, level: str, tile: str):
-    return tile_response(slide_files, level, tile, "bicubic")
+    return tile_response(slide_files, level, tile, bicubic_only())

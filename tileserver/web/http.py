@@ -15,7 +15,7 @@ from tileserver.errors import RequestError
 from tileserver.inference import QueueFull
 from tileserver.inference.queue import INTERACTIVE, Cancelled, Demand, demand_scope
 from tileserver.raster.prefetch import viewer_scope
-from tileserver.raster.service import TileService
+from tileserver.raster.service import DEFAULT_MODE, TileService
 from tileserver.web.metrics import Metrics
 
 
@@ -25,6 +25,20 @@ def service() -> TileService:
 
 def metrics() -> Metrics:
     return current_app.extensions["metrics"]
+
+
+def pull_mode(endpoint: str | None, values: dict | None) -> None:
+    """A blueprint's URL value preprocessor: ``/m/<mode>/…`` names the mode of the request."""
+    g.msr_mode = values.pop("mode", None) if values else None
+
+
+def mode_key() -> str | None:
+    """The mode the URL names (``/m/<mode>/…``), or None under the URLs of the default model."""
+    return g.get("msr_mode")
+
+
+def mode_or_default() -> str:
+    return mode_key() or DEFAULT_MODE
 
 
 def text(reason: str, status: int, **headers: str) -> Response:

@@ -1,5 +1,6 @@
 """IIIF over HTTP: the Image API 3.0 (``/iiif/3/…``) and 2.1 (``/iiif/2/…``) at
-level 2, and a Presentation 3.0 manifest per slide.
+level 2, and a Presentation 3.0 manifest per slide whose canvas offers every mode as a
+``Choice``. ``/iiif`` is the default model; ``/m/<mode>/iiif`` each mode's own image service.
 
 Flow per image request: identifier → slide (404) → ``iiif.parse_request``
 (400/501) → ``iiif.resolve`` against the full (40X) image and the limits (400)
@@ -13,22 +14,24 @@ import hashlib
 import json
 from datetime import datetime, timezone
 
-from flask import Blueprint, Response, redirect, request
+from flask import Blueprint, Response, jsonify, redirect, request
 
 from tileserver.errors import OverBudget
 from tileserver.protocols import iiif
+from tileserver.inference.modes import licence_uri
 from tileserver.protocols.iiif_info import CONTEXT, PROFILE, SR_CONTEXT, ImageDescription, info_json, manifest, \
-    physdim_service, sr_service, tile_exponent_limit
+    physdim_service, sr_service, synthesis_profile, tile_exponent_limit
 from tileserver.protocols.iiif_render import transform
 from tileserver.raster import geometry as g
 from tileserver.raster.catalog import SlideInfo, magnification
 from tileserver.raster.service import Tile, TileRef, TileService
-from tileserver.web.http import conditional, metrics, service
+from tileserver.web.http import conditional, metrics, mode_key, mode_or_default, pull_mode, service
 
-EXPOSE = "ETag, Last-Modified, Link, X-SR-Model, X-Tile-Source, X-IIIF-Scale-Factor"
+EXPOSE = "ETag, Last-Modified, Link, X-SR-Model, X-SR-Mode, X-Tile-Source, X-IIIF-Scale-Factor"
 V = "<any('2','3'):version>"
 
 bp = Blueprint("iiif", __name__)
+bp.url_value_preprocessor(pull_mode)
 
 
 # -- lookups -------------------------------------------------------------------
@@ -37,9 +40,18 @@ def limits() -> iiif.Limits:
     return iiif.Limits(s.max_side, s.max_side, s.max_area)
 
 
-def service_base(version: str) -> str:
-    root = service().settings.base_url or request.host_url.rstrip("/") + "/iiif"
-    return f"{root.rstrip('/')}/{version}"
+def iiif_root() -> str:
+    """The public URL of ``/iiif`` (``--base-url``, else this request's host)."""
+    return (service().settings.base_url or request.host_url.rstrip("/") + "/iiif").rstrip("/")
+
+
+def service_base(version: str, mode: str | None = "") -> str:
+    """Where the image services of ``version`` live: ``/iiif/3`` for the default model, ``/m/<mode>/iiif/3``
+    for a named mode (``mode=""``: the mode of this request)."""
+    root, mode = iiif_root(), mode_key() if mode == "" else mode
+    if mode:
+        root = f"{root[:-len('/iiif')] if root.endswith('/iiif') else root}/m/{mode}/iiif"
+    return f"{root}/{version}"
 
 
 def lookup(ident: str) -> SlideInfo:
@@ -53,19 +65,25 @@ def lookup(ident: str) -> SlideInfo:
     return info
 
 
-def image_description(svc: TileService, info: SlideInfo) -> ImageDescription:
-    """What IIIF says about a slide: its full image (the top synthesized plane), tiles, magnification, model."""
-    above, b = svc.planes_above(info), svc.bundle
+def image_description(svc: TileService, info: SlideInfo, mode: str | None = None) -> ImageDescription:
+    """What IIIF says about a slide in a mode (default: this request's): its full image (the top synthesized
+    plane), tiles, magnification, the mode and model that make the pixels above the scan, their licence."""
+    above, b, m = svc.planes_above(info), svc.bundle, svc.mode(mode or mode_or_default())
     w, h = g.plane_size(info.size, above)
     stored = (f"{b.magnification:g}X" if info.synthesized else f"{magnification(info.mpp):.3g}X") if info.mpp else None
-    model = {"id": b.model_id, "name": b.name, "version": b.version} if info.synthesized else None
+    mb = m.bundle if info.synthesized else None
+    model = {"id": mb.model_id, "name": mb.name, "version": mb.version, "kind": m.kind,
+             "licence": mb.manifest.get("licence"), "licence_url": licence_uri(mb.manifest)} if mb else None
     max_k = max(tile_exponent_limit(w, h, svc.stride), above)  # always down to the stored plane
+    rights = svc.settings.rights or (licence_uri(mb.manifest) if mb else None)
     return ImageDescription(info.id, info.name, w, h, svc.stride, max_k, above,
-                            info.mpp / 2**above if info.mpp else None, stored, model, info.reason)
+                            info.mpp / 2**above if info.mpp else None, stored, model, info.reason,
+                            m.kind, m.notice(stored or "stored") if info.synthesized else None, rights)
 
 
-def last_modified(svc: TileService, info: SlideInfo, synthesized: bool) -> datetime:
-    t = max(info.mtime, svc.bundle.modified) if synthesized else info.mtime
+def last_modified(svc: TileService, info: SlideInfo, synthesized: bool, mode: str | None = None) -> datetime:
+    bundle = svc.mode(mode or mode_or_default()).bundle or svc.bundle
+    t = max(info.mtime, bundle.modified) if synthesized else info.mtime
     return datetime.fromtimestamp(int(t), timezone.utc)
 
 
@@ -113,7 +131,7 @@ def base_uri(version: str, ident: str):
 def info(version: str, ident: str):
     svc, slide = service(), lookup(ident)
     doc = info_json(version, f"{service_base(version)}/{ident}", image_description(svc, slide), limits(),
-                    svc.settings.rights)
+                    svc.settings.rights, iiif_root())
     return json_response(doc, CONTEXT[version], last_modified(svc, slide, slide.synthesized), PROFILE[version],
                          ld_default=version == "3")
 
@@ -121,9 +139,14 @@ def info(version: str, ident: str):
 @bp.get(f"/iiif/{V}/<ident>/sr")
 def sr(version: str, ident: str):
     svc, slide = service(), lookup(ident)
-    doc = sr_service(image_description(svc, slide), f"{service_base(version)}/{ident}/sr", version)
+    doc = sr_service(image_description(svc, slide), f"{service_base(version)}/{ident}/sr", version, iiif_root())
     doc["@context"] = [SR_CONTEXT, CONTEXT[version]]  # standalone: the IIIF context too, last
     return json_response(doc, CONTEXT[version], last_modified(svc, slide, slide.synthesized), ld_default=version == "3")
+
+
+@bp.get("/iiif/ext/synthesis/1")
+def synthesis_profile_doc():
+    return jsonify(synthesis_profile(iiif_root()))
 
 
 @bp.get(f"/iiif/{V}/<ident>/physdim")
@@ -139,7 +162,11 @@ def physdim(version: str, ident: str):
 def manifest_json(ident: str):
     svc, slide = service(), lookup(ident)
     base = f"{service_base('3')}/{ident}"
-    doc = manifest(f"{base}/manifest.json", base, image_description(svc, slide))
+    current = svc.mode(mode_or_default())
+    modes = [current] + [m for m in svc.modes.values() if m != current] if slide.synthesized else [current]
+    choices = [(f"{service_base('3', None if m == svc.mode('sr') else m.key)}/{ident}", image_description(svc, slide, m.key))
+               for m in modes]
+    doc = manifest(f"{base}/manifest.json", base, image_description(svc, slide), limits=limits(), choices=choices)
     return json_response(doc, doc["@context"], last_modified(svc, slide, slide.synthesized))
 
 
@@ -154,10 +181,11 @@ def image(version: str, ident: str, region: str, size: str, rotation: str, quali
     canonical = res.canonical(lim)
     plane, downsample = g.scale_source(plan.k, d.planes_above)
     x0, y0, x1, y1 = plan.box
-    ref = svc.locate(ident, "sr", plane, downsample, (x0, y0, x1 - x0, y1 - y0), req.format, (version, canonical))
+    ref = svc.locate(ident, mode_or_default(), plane, downsample, (x0, y0, x1 - x0, y1 - y0), req.format,
+                     (version, canonical))
     headers = {"Link": f'<{PROFILE[version]}>;rel="profile", <{service_base(version)}/{ident}/{canonical}>;rel="canonical"',
                "X-Tile-Source": ref.kind, "X-IIIF-Scale-Factor": str(2**plan.k),
-               **({"X-SR-Model": ref.model} if ref.model else {})}
+               **({"X-SR-Model": ref.model, "X-SR-Mode": svc.mode(ref.mode).kind} if ref.model else {})}
 
     def make() -> Response:
         t = render(svc, ref, req, res, plan, d)
