@@ -11,6 +11,7 @@ per-request state lives here.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import threading
@@ -26,6 +27,7 @@ from tileserver.raster import geometry as g
 from tileserver.raster.cache import ByteLRU
 from tileserver.raster.catalog import Catalog, SlideInfo
 from tileserver.raster.encode import encode, mimetype
+from tileserver.raster.gates import Gate, release_memory
 from tileserver.raster.planes import SingleFlight, SlideRasters
 from tileserver.settings import Settings
 
@@ -74,17 +76,22 @@ class Tile:
 
 
 class TileService:
-    def __init__(self, settings: Settings, bundle: Bundle | None = None, on_inference: StageTimer | None = None):
+    def __init__(self, settings: Settings, bundle: Bundle | None = None, on_inference: StageTimer | None = None,
+                 on_slide_error: Callable[[str], None] | None = None):
         s = self.settings = settings
         self.bundle = bundle or load_bundle(s.model)
-        self.catalog = Catalog(s.slide_dir, self.bundle.input_mpp, s.assume_mpp)
+        self.catalog = Catalog(s.slide_dir, self.bundle.input_mpp, s.assume_mpp, s.follow_symlinks, s.slide_retry,
+                               on_slide_error)
+        # work that needs the model, and heavy renders, pass a gate: never every HTTP thread (cache hits need one)
+        self.model_gate = Gate("requests using the model", s.model_requests, 0, s.retry_after)
+        self.heavy_gate = Gate("heavy IIIF renders", s.heavy_renders, s.heavy_renders, s.retry_after)
         self.engine = Engine(self.bundle, s.device, s.threads, s.queue_size, on_run=on_inference)
         budget = int(s.cache_mb * 2**20)
         self.tiles = ByteLRU("tiles", int(budget * s.tile_cache_fraction))
         self.blocks = ByteLRU("blocks", budget - self.tiles.max_bytes)
         self.flights = SingleFlight()
         self.stride, self.margin = g.block_stride(s.tile_size), g.block_margin(s.overlap)
-        self._rasters: dict[str, SlideRasters] = {}
+        self._rasters: dict[str, tuple[str, SlideRasters]] = {}
         self._lock = threading.Lock()
         if s.warm_up:
             self.engine.warm_up(self.block_shapes)
@@ -101,7 +108,9 @@ class TileService:
 
     # -- slides ----------------------------------------------------------------
     def slides(self) -> list[SlideInfo]:
-        return [self.slide(sid) for sid in self.catalog.ids()]
+        """The slides served now (failed ones are in ``catalog.health()``)."""
+        failed = {sid for sid, h in self.catalog.health().items() if h["status"] == "failed"}
+        return [info for sid in self.catalog.ids() if sid not in failed and (info := self.find(sid))]
 
     def find(self, sid: str) -> SlideInfo | None:
         found = self.catalog.get(sid)
@@ -134,18 +143,33 @@ class TileService:
         etag = '"' + hashlib.sha1("|".join(map(str, key)).encode()).hexdigest()[:24] + '"'
         return TileRef(sid, kind, model, plane, downsample, region, fmt, key, etag)
 
-    def tile(self, ref: TileRef, transform: Transform | None = None, budget: int | None = None) -> Tile:
+    def cached(self, ref: TileRef) -> bool:
+        """Whether the encoded tile is in the cache (nothing counted, nothing read)."""
+        return self.tiles.contains(ref.key)
+
+    def tile(self, ref: TileRef, transform: Transform | None = None, budget: int | None = None,
+             work: int = 0) -> Tile:
         """The encoded tile, from the cache or made now: pixels → ``transform`` → encode → cache.
-        With a ``budget``, a tile that would synthesize more uncached blocks is refused first."""
+        With a ``budget``, a tile that would synthesize more uncached blocks is refused first. Work that
+        needs the model passes the model gate, a render of ``work`` ≥ heavy_render_pixels the heavy one
+        (``Busy`` when full); cache hits pass neither."""
         body = self.tiles.get(ref.key)
         if body is not None:
             return Tile(ref, body, True)
-        if budget is not None:
-            needed = self.missing_blocks(ref, budget)
-            if needed > budget:
-                raise OverBudget(needed, budget)
-        pixels = self.pixels(ref)
-        body = encode(transform(pixels) if transform else pixels, ref.format, self.settings.jpeg_quality)
+        needed = self.missing_blocks(ref, budget or 0)
+        if budget is not None and needed > budget:
+            raise OverBudget(needed, budget)
+        heavy = work >= self.settings.heavy_render_pixels
+        with contextlib.ExitStack() as held:
+            if needed:
+                held.enter_context(self.model_gate.slot())
+            if heavy:
+                held.enter_context(self.heavy_gate.slot())
+            pixels = self.pixels(ref)
+            body = encode(transform(pixels) if transform else pixels, ref.format, self.settings.jpeg_quality)
+            del pixels
+        if heavy:
+            release_memory()
         if len(body) <= self.settings.max_cached_body:
             self.tiles.put(ref.key, body)
         return Tile(ref, body, False)
@@ -154,7 +178,7 @@ class TileService:
         """(h, w, 3) uint8 of the tile's region, from the block cache when synthesized."""
         x, y, w, h = ref.region
         if ref.plane == 0:
-            return self.catalog.get(ref.slide)[1].read(x, y, w, h, ref.downsample)
+            return self.catalog.read(ref.slide, x, y, w, h, ref.downsample)
         planes = self._rasters_of(ref.slide)
         return (planes.model if ref.kind == "synthesized" else planes.bicubic)[ref.plane].read(x, y, w, h)
 
@@ -165,12 +189,26 @@ class TileService:
         return self._rasters_of(ref.slide).missing_blocks(ref.plane, *ref.region, limit)
 
     def _rasters_of(self, sid: str) -> SlideRasters:
+        info = self.slide(sid)
         with self._lock:
-            planes = self._rasters.get(sid)
-            if planes is None:
-                info, raster = self.catalog.get(sid)
+            stamp, planes = self._rasters.get(sid, (None, None))
+            if planes is None or stamp != info.stamp:  # new, or the file changed: new planes, new cache keys
                 stages = [lambda img, k=k: self.engine.run(k, img[None])[0] for k in range(self.bundle.stages)]
                 halos = [self.bundle.stage_halo(k) for k in range(self.bundle.stages)]
-                planes = self._rasters[sid] = SlideRasters((info.stamp, self.bundle.model_id), raster, stages,
-                                                           self.stride, self.margin, halos, self.blocks, self.flights)
+                planes = SlideRasters((info.stamp, self.bundle.model_id), _CatalogRaster(self.catalog, sid, info.size),
+                                      stages, self.stride, self.margin, halos, self.blocks, self.flights)
+                self._rasters[sid] = (info.stamp, planes)
             return planes
+
+
+class _CatalogRaster:
+    """A slide's stored raster read through the catalog, so read errors are contained there."""
+
+    def __init__(self, catalog: Catalog, sid: str, size: tuple[int, int]):
+        self.catalog, self.sid, self.size = catalog, sid, size
+
+    def read(self, x: int, y: int, w: int, h: int, downsample: int = 1) -> np.ndarray:
+        return self.catalog.read(self.sid, x, y, w, h, downsample)
+
+    def close(self) -> None:
+        pass

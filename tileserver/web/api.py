@@ -68,26 +68,39 @@ def model_json(svc: TileService) -> dict[str, Any]:
     }
 
 
+def failed_json(health: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Slides that cannot be opened now, with the reason (not in ``slides``: they have no pyramid)."""
+    return [{"id": sid, **h} for sid, h in health.items() if h["status"] == "failed"]
+
+
 @bp.get("/api/slides")
 def api_slides():
     svc = service()
-    return jsonify({"model": model_json(svc), "slides": [slide_json(svc, info) for info in svc.slides()]})
+    health = svc.catalog.health()
+    slides = [{**slide_json(svc, info), "status": health.get(info.id, {}).get("status", "ok"),
+               "error": health.get(info.id, {}).get("error")} for info in svc.slides()]
+    return jsonify({"model": model_json(svc), "slides": slides, "failed": failed_json(health)})
 
 
 @bp.get("/api/slides/<sid>")
 def api_slide(sid: str):
     svc = service()
-    return jsonify({"model": model_json(svc), "slide": slide_json(svc, svc.slide(sid))})
+    info, health = svc.slide(sid), svc.catalog.health().get(sid, {})
+    return jsonify({"model": model_json(svc), "slide": {**slide_json(svc, info), "status": health.get("status", "ok"),
+                                                       "error": health.get("error")}})
 
 
 @bp.get("/healthz")
 def healthz():
+    """``ok``, or ``degraded`` with the slides that fail or gave read errors (still 200: the server works)."""
     svc = service()
-    return jsonify({"status": "ok", "model": svc.bundle.model_id, "provider": svc.engine.provider,
-                    "provider_note": svc.engine.note, "slides": len(svc.slides()),
-                    "queue_depth": svc.engine.queue.depth()})
+    health = svc.catalog.health()
+    return jsonify({"status": "degraded" if health else "ok", "model": svc.bundle.model_id,
+                    "provider": svc.engine.provider, "provider_note": svc.engine.note, "slides": len(svc.slides()),
+                    "slide_problems": health, "queue_depth": svc.engine.queue.depth(),
+                    "model_requests": svc.model_gate.stats(), "heavy_renders": svc.heavy_gate.stats()})
 
 
 @bp.get("/metrics")
 def prometheus():
-    return Response(generate_latest(metrics().registry), mimetype=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(metrics().registry), content_type=CONTENT_TYPE_LATEST)

@@ -3,7 +3,7 @@ behind four blueprints: Deep Zoom, IIIF, the API and operations, the viewer page
 Bad input gets a 4xx with a one-line reason, never a 500 (``web.http``)."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from flask import Flask
 
@@ -18,7 +18,8 @@ def create_app(settings: Settings | Mapping[str, Any] | None = None) -> Flask:
     ``app.extensions["tileserver"]`` is its tile service, ``app.extensions["metrics"]`` its metrics."""
     s = settings if isinstance(settings, Settings) else Settings(**(settings or {}))
     metrics = Metrics()
-    svc = TileService(s, on_inference=metrics.on_inference)
+    svc = TileService(s, on_inference=metrics.on_inference,
+                      on_slide_error=lambda sid: metrics.slide_errors.labels(slide=sid).inc())
     metrics.watch([svc.blocks, svc.tiles], svc.engine.queue.depth)
     metrics.model.info({"model": svc.bundle.model_id, "provider": svc.engine.provider, "device": s.device,
                         "note": svc.engine.note or ""})
@@ -26,6 +27,20 @@ def create_app(settings: Settings | Mapping[str, Any] | None = None) -> Flask:
     app.extensions["tileserver"] = svc
     app.extensions["metrics"] = metrics
     http.install(app)
+    app.wsgi_app = _counted(app.wsgi_app, metrics)
     for blueprint in (deepzoom.bp, iiif.bp, api.bp, viewer.bp):
         app.register_blueprint(blueprint)
+    return app
+
+
+def _counted(wsgi: Callable, metrics: Metrics) -> Callable:
+    """The WSGI app with the requests in flight counted (what a graceful stop waits for)."""
+
+    def app(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        metrics.in_flight.inc()
+        try:
+            return wsgi(environ, start_response)
+        finally:
+            metrics.in_flight.dec()
+
     return app
