@@ -172,6 +172,7 @@ class Catalog:
 
     def _failed(self, sid: str, entry: _Entry, reason: str) -> None:
         attempts = entry.failure.attempts + 1 if entry.failure else 1
+        entry.errors += 1
         now = time.monotonic()
         entry.failure = Failure(reason, now, now + self.retry * 2 ** min(attempts - 1, 6), attempts)
         entry.info = entry.raster = None

@@ -80,12 +80,12 @@ class TileService:
                  on_slide_error: Callable[[str], None] | None = None):
         s = self.settings = settings
         self.bundle = bundle or load_bundle(s.model)
-        self.catalog = Catalog(s.slide_dir, self.bundle.input_mpp, s.assume_mpp, s.follow_symlinks, s.slide_retry,
-                               on_slide_error)
         # work that needs the model, and heavy renders, pass a gate: never every HTTP thread (cache hits need one)
         self.model_gate = Gate("requests using the model", s.model_requests, 0, s.retry_after)
         self.heavy_gate = Gate("heavy IIIF renders", s.heavy_renders, s.heavy_renders, s.retry_after)
         self.engine = Engine(self.bundle, s.device, s.threads, s.queue_size, on_run=on_inference)
+        self.catalog = Catalog(s.slide_dir, self.bundle.input_mpp, s.assume_mpp, s.follow_symlinks, s.slide_retry,
+                               on_slide_error)
         budget = int(s.cache_mb * 2**20)
         self.tiles = ByteLRU("tiles", int(budget * s.tile_cache_fraction))
         self.blocks = ByteLRU("blocks", budget - self.tiles.max_bytes)

@@ -61,9 +61,7 @@ def public_root() -> tuple[str, bool]:
 
 def head_only(headers: dict[str, str], mimetype: str) -> Response:
     """A HEAD answer for a tile not made yet: its headers, no body and no length (nothing is computed)."""
-    resp = Response(b"", status=200, mimetype=mimetype, headers=headers)
-    resp.automatically_set_content_length = False
-    return resp
+    return Response(iter(()), status=200, mimetype=mimetype, headers=headers)  # an iterator: no length is claimed
 
 
 def conditional(etag: str, make: Callable[[], Response], *, max_age: int, modified: datetime | None = None,
