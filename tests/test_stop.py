@@ -129,3 +129,31 @@ def test_ingest_removes_its_partial_file_on_sigterm(wsi_dir, tmp_path):
             proc.communicate(timeout=60)
     assert proc.returncode == 143 and err.strip().splitlines()[-1] == "tileserver ingest: stopped (SIGTERM)"
     assert list(out.iterdir()) == []
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_eight_concurrent_worst_case_renders_stay_within_cache_plus_600_mb(bundle, big_slide):
+    """The heaviest renders the budget allows (a pixel upscaled to 4096², gray, WebP), eight at once:
+    two run, two wait, four get 503; the server's peak RSS stays under the cache budget + 600 MB."""
+    cache_mb = 256
+    srv = Server(str(big_slide), "--model", str(bundle), "--device", "cpu", "--threads", "1",
+                 "--cache-mb", str(cache_mb))
+    try:
+        results: list[int] = []
+        urls = [f"/iiif/3/big/{i},0,1,1/^max/{90 * (i % 4)}/gray.webp" for i in range(8)]
+        clients = [threading.Thread(target=lambda u=u: results.append(srv.get(u)[0])) for u in urls]
+        for c in clients:
+            c.start()
+        for c in clients:
+            c.join(600)
+        peak = peak_rss_mb(srv.proc.pid)
+    finally:
+        srv.close()
+    assert sorted(results) in ([200] * n + [503] * (8 - n) for n in range(4, 9)), results
+    assert peak <= cache_mb + 600, f"peak RSS {peak:.0f} MB"

@@ -86,9 +86,9 @@ def run(args: argparse.Namespace) -> int:
         except (BundleError, FileNotFoundError, ValueError) as e:
             raise UsageError(str(e)) from None
         svc = app.extensions["tileserver"]
+        server = create_server(app, sockets=socks, threads=s.http_threads, ident="msr-tileserver")  # listening now
         log.info("serving %d slide(s) from %s with %s on %s at http://%s:%d/", len(svc.slides()), s.slide_dir,
                  svc.bundle.model_id, svc.engine.provider, s.host, socks[0].getsockname()[1])
-        server = create_server(app, sockets=socks, threads=s.http_threads, ident="msr-tileserver")
         serve_until_stopped(server, s.drain_timeout)
         svc.close()
     finally:
