@@ -37,9 +37,9 @@ SERVE_LINE = re.compile(r"serving .* at http://127\.0\.0\.1:(\d+)/")
 class Server:
     """`tileserver serve` in a child process; RSS sampled in the background."""
 
-    def __init__(self, args: list[str]):
+    def __init__(self, args: list[str], source: Path = ROOT):
         cmd = [sys.executable, "-m", "tileserver.commands.cli", "serve", *args, "--port", "0"]
-        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, cwd=source)  # source's tileserver
         self.port = None
         for line in self.proc.stderr:
             m = SERVE_LINE.search(line)
@@ -97,8 +97,13 @@ def tile_urls(port: int) -> tuple[dict[int, list[str]], int]:
     """Every Deep Zoom tile of the synthesized slides, by level, and the top (40X) level."""
     import json
 
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    conn.request("GET", "/api/slides")
+    for _ in range(300):  # an older server announced its address before listening
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            conn.request("GET", "/api/slides")
+            break
+        except ConnectionRefusedError:
+            time.sleep(0.1)
     slides = [s for s in json.loads(conn.getresponse().read())["slides"] if s["synthesized"]]
     if not slides:
         raise SystemExit("no synthesized slide in the folder")
@@ -206,9 +211,12 @@ def main() -> int:
     ap.add_argument("--warm-share", type=float, default=0.5, help="share of cached tiles in the mix phase")
     ap.add_argument("--warm-per-level", type=int, default=8)
     ap.add_argument("--cache-mb", type=float, default=1024)
+    ap.add_argument("--phases", nargs="+", choices=["mix", "cold40"], default=["mix", "cold40"])
+    ap.add_argument("--source", type=Path, default=ROOT,
+                    help="the checkout whose tileserver runs (e.g. another worktree, as a baseline)")
     args = ap.parse_args()
     extra = ["--model", str(args.model)] if args.model else []
-    srv = Server([str(args.slide_dir), "--cache-mb", str(args.cache_mb), *extra])
+    srv = Server([str(args.slide_dir.resolve()), "--cache-mb", str(args.cache_mb), *extra], args.source)
     try:
         pools = Pools(*tile_urls(srv.port), args.warm_per_level)
         conn = Conn(srv.port)
@@ -216,13 +224,13 @@ def main() -> int:
             conn.get(url)
         base = [conn.get(url)[2] for url in pools.warm * 3]
         idle = srv.rss_mb()
-        print(f"server pid {srv.proc.pid}, {len(pools.warm)} warm tiles, "
+        print(f"server: {args.source}, pid {srv.proc.pid}, {len(pools.warm)} warm tiles, "
               f"{sum(map(len, pools.cold.values()))} cold; idle RSS {idle:.0f} MB; cache budget {args.cache_mb:.0f} MB")
         print(f"baseline, 1 client, idle server: cache hits p50/p95/p99 {pct(base)} ms ({len(base)} requests)")
         print("  N phase     reqs   req/s   hits  p50/p95/p99 ms    synth  p50/p95/p99 ms   stored p50/p95/p99 ms"
               "  RSS MB  errors")
         for n in args.clients:
-            for name, cold40 in (("mix", False), ("cold40", True)):
+            for name, cold40 in [(p, p == "cold40") for p in args.phases]:
                 before = len(srv.rss)
                 r = run_phase(srv.port, pools, n, args.seconds, args.warm_share, cold40)
                 report(name, n, r, max([m for _, m in srv.rss[before:]] or [srv.rss_mb()]))
