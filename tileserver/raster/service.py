@@ -20,7 +20,7 @@ from typing import Callable, Hashable
 import numpy as np
 from PIL import Image
 
-from tileserver.errors import NotFound, OverBudget
+from tileserver.errors import NotFound, OverBudget, Unavailable
 from tileserver.inference import Bundle, Engine, load_bundle
 from tileserver.inference.engine import StageTimer
 from tileserver.raster import geometry as g
@@ -109,8 +109,15 @@ class TileService:
     # -- slides ----------------------------------------------------------------
     def slides(self) -> list[SlideInfo]:
         """The slides served now (failed ones are in ``catalog.health()``)."""
-        failed = {sid for sid, h in self.catalog.health().items() if h["status"] == "failed"}
-        return [info for sid in self.catalog.ids() if sid not in failed and (info := self.find(sid))]
+        out = []
+        for sid in self.catalog.ids():
+            try:
+                info = self.find(sid)
+            except Unavailable:  # failed (now): listed by catalog.health() instead
+                continue
+            if info is not None:
+                out.append(info)
+        return out
 
     def find(self, sid: str) -> SlideInfo | None:
         found = self.catalog.get(sid)
