@@ -13,8 +13,8 @@ PORT ?= 5000
 DATA ?= ../shared/data/monuseg2018-train
 MODEL ?=
 
-# Debian packages the browser and IIIF-validator tests need (installed when root)
-SYSTEM_DEPS := chromium libmagic1
+# Debian packages the browser, IIIF-validator and cluster tests need (installed when root)
+SYSTEM_DEPS := chromium libmagic1 redis-server nginx
 
 .PHONY: serve test venv viewer demo train-smoke evaluate system-deps clean
 
@@ -37,7 +37,7 @@ system-deps:
 	    echo "installing Debian packages: $$missing"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  else \
-	    echo "missing Debian packages: $$missing (apt-get install them; the Chromium and IIIF validator tests need them)"; \
+	    echo "missing Debian packages: $$missing (apt-get install them; the Chromium, IIIF validator and cluster tests need them)"; \
 	  fi; \
 	fi
 

@@ -57,7 +57,13 @@ class Settings:
                                   cast=float, group="IIIF")
     heavy_renders: int = option(2, "IIIF renders over 4 megapixels of work that run at once (as many more wait; "
                                    "beyond: 503)", group="IIIF")
+    redis: str | None = option(None, "Redis URL of the cache shared by replicas, e.g. redis://127.0.0.1:6379/0 "
+                               "(off: each process caches alone)", cast=str, group="cluster")
+    redis_lock_ttl: float = option(5.0, "seconds a replica's claim on a block outlives the replica (renewed while "
+                                   "it computes)", cast=float, group="cluster")
     # not on the command line
+    redis_timeout: float = 0.5  # connect and read timeout of one Redis call (s)
+    redis_backoff_max: float = 5.0  # longest pause between reconnection attempts while Redis is down (s)
     tile_cache_fraction: float = 0.25  # of cache_mb, for encoded tiles; the rest holds blocks
     max_cached_body: int = 512 * 1024  # encoded responses above this size are not cached
     max_age: int = 86400  # Cache-Control max-age of tiles and IIIF documents (s)
@@ -96,8 +102,27 @@ class Settings:
             (self.synthesis_budget >= 0, "--synthesis-budget must not be negative"),
             (self.max_area >= 1 and self.max_side >= 1, "--max-area and --max-side must be positive"),
             (self.assume_mpp is None or self.assume_mpp > 0, "--assume-mpp must be positive"),
+            (self.redis_lock_ttl > 0, "--redis-lock-ttl must be positive"),
+            (not self.redis or check_redis_url(self.redis) is None, self.redis and check_redis_url(self.redis)),
         ]
         return next((message for ok, message in checks if not ok), None)
+
+
+def check_redis_url(url: str) -> str | None:
+    """None for a ``redis://HOST:PORT/DB`` (or ``rediss://``, ``unix://``) URL, else why not, in one line."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError as e:
+        return f"--redis {url!r}: {e}"
+    db = parts.path.strip("/")
+    if parts.scheme not in ("redis", "rediss", "unix") or (parts.scheme != "unix" and not parts.hostname):
+        return f"--redis must be a redis://HOST:PORT/DB URL, not {url!r}"
+    if parts.scheme != "unix" and db and not db.isdigit():
+        return f"--redis {url!r}: the database must be a number"
+    return None
 
 
 def cli_fields() -> list[dataclasses.Field]:

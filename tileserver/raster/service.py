@@ -91,6 +91,7 @@ class TileService:
         self.blocks = ByteLRU("blocks", budget - self.tiles.max_bytes)
         self.flights = SingleFlight()
         self.stride, self.margin = g.block_stride(s.tile_size), g.block_margin(s.overlap)
+        self.shared = self._share() if s.redis else None
         self._rasters: dict[str, tuple[str, SlideRasters]] = {}
         self._lock = threading.Lock()
         if s.warm_up:
@@ -102,9 +103,25 @@ class TileService:
         sides = [g.block_input_side(self.stride, self.margin, self.bundle.stage_halo(k)) for k in range(self.bundle.stages)]
         return [(side, side) for side in sides]
 
+    def _share(self):
+        """Redis behind both caches and the block single-flight (``raster.shared_cache``)."""
+        from tileserver.raster.shared_cache import SharedCaches, model_digest, slide_digest
+
+        s, b = self.settings, self.bundle
+        stamps = {info.stamp: slide_digest(info.path) for info in self.slides()}  # failed slides: none to share
+        models = {b.model_id: f"{b.model_id}#{model_digest(st['sha256'] for st in b.manifest['stages'])}"}
+        shared = SharedCaches(s.redis, stamps, models, s.redis_lock_ttl, s.redis_timeout, s.redis_backoff_max)
+        halos = ",".join(str(b.stage_halo(k)) for k in range(b.stages))
+        self.tiles = shared.tier(self.tiles)
+        self.blocks = shared.tier(self.blocks, grid=f":grid={self.stride},{self.margin},{halos}")
+        self.flights = shared.flight(self.flights, self.blocks)
+        return shared
+
     def close(self) -> None:
         self.engine.close()
         self.catalog.close()
+        if self.shared:
+            self.shared.close()
 
     # -- slides ----------------------------------------------------------------
     def slides(self) -> list[SlideInfo]:

@@ -95,9 +95,11 @@ def healthz():
     """``ok``, or ``degraded`` with the slides that fail or gave read errors (still 200: the server works)."""
     svc = service()
     health = svc.catalog.health()
-    return jsonify({"status": "degraded" if health else "ok", "model": svc.bundle.model_id,
+    shared = svc.shared.health() if svc.shared else None  # Redis down: degraded, still serving (200)
+    degraded = bool(health) or bool(shared and shared["state"] != "ok")
+    return jsonify({"status": "degraded" if degraded else "ok", "model": svc.bundle.model_id,
                     "provider": svc.engine.provider, "provider_note": svc.engine.note, "slides": len(svc.slides()),
-                    "slide_problems": health, "queue_depth": svc.engine.queue.depth(),
+                    "slide_problems": health, "queue_depth": svc.engine.queue.depth(), "shared_cache": shared,
                     "model_requests": svc.model_gate.stats(), "heavy_renders": svc.heavy_gate.stats()})
 
 

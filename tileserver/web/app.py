@@ -21,6 +21,8 @@ def create_app(settings: Settings | Mapping[str, Any] | None = None) -> Flask:
     svc = TileService(s, on_inference=metrics.on_inference,
                       on_slide_error=lambda sid: metrics.slide_errors.labels(slide=sid).inc())
     metrics.watch([svc.blocks, svc.tiles], svc.engine.queue.depth)
+    if svc.shared:
+        metrics.watch_shared(svc.shared.stats)
     metrics.model.info({"model": svc.bundle.model_id, "provider": svc.engine.provider, "device": s.device,
                         "note": svc.engine.note or ""})
     app = Flask(__name__, static_folder=None)

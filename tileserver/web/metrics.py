@@ -36,6 +36,36 @@ class _LiveCollector:
         yield fam
 
 
+class _SharedCollector:
+    """The Redis tier's counters (``raster.shared_cache.SharedCaches.stats``), read at scrape time."""
+
+    def __init__(self, stats: Callable[[], dict]):
+        self.stats = stats
+
+    def collect(self):
+        s = self.stats()
+        up = GaugeMetricFamily("tileserver_shared_cache_up", "1 while Redis answers, 0 while degraded")
+        up.add_metric([], 1 if s["up"] else 0)
+        yield up
+        for name, help_ in (("errors", "failed Redis calls"), ("outages", "times Redis became unreachable")):
+            fam = CounterMetricFamily(f"tileserver_shared_cache_{name}", help_)
+            fam.add_metric([], s[name])
+            yield fam
+        tiers = s["tiers"]
+        for name in ("hits", "misses", "writes", "unshared", "bytes_raw", "bytes_stored"):
+            fam = CounterMetricFamily(f"tileserver_shared_cache_{name}", f"shared cache {name.replace('_', ' ')}",
+                                      labels=["cache"])
+            for cache, counts in tiers.items():
+                fam.add_metric([cache], counts[name])
+            yield fam
+        fam = CounterMetricFamily("tileserver_shared_blocks", "blocks by who made them across replicas: computed "
+                                  "here under the lock, waited for, taken from another replica, lock taken over",
+                                  labels=["event"])
+        for event, n in s["flights"].items():
+            fam.add_metric([event], n)
+        yield fam
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -56,6 +86,9 @@ class Metrics:
 
     def watch(self, caches: Iterable[Cache], queue_depth: Callable[[], int] | None) -> None:
         self.registry.register(_LiveCollector(caches, queue_depth))
+
+    def watch_shared(self, stats: Callable[[], dict]) -> None:
+        self.registry.register(_SharedCollector(stats))
 
     def on_inference(self, stage: int, seconds: float) -> None:
         self.inference.labels(stage=str(stage + 1)).observe(seconds)
