@@ -16,7 +16,7 @@ MODEL ?=
 # Debian packages the browser, IIIF-validator and cluster tests need (installed when root)
 SYSTEM_DEPS := chromium libmagic1 redis-server nginx
 
-.PHONY: serve test venv viewer demo train-smoke evaluate system-deps clean
+.PHONY: serve test venv viewer demo train-smoke evaluate system-deps mutate clean
 
 venv: $(STAMP)
 viewer: $(VIEWER_DEPS)
@@ -50,6 +50,15 @@ serve: demo $(VIEWER_DEPS)
 test: system-deps $(STAMP) $(VIEWER_DEPS)
 	$(PY) -m pytest -p no:cacheprovider
 
+# mutation testing of the core modules (geometry, IIIF parse/resolve, caches, planes and the synthesis
+# budget, catalog rules) with the tests that need no model bundle; [tool.mutmut] in pyproject.toml says
+# which. Prints killed / survived / timeout, the survival rate and the survivors. Not part of `make test`.
+mutate: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[mutate]'
+	rm -rf mutants && mkdir -p var
+	nice -n 19 $(VENV)/bin/mutmut run --max-children 2 > var/mutmut.log 2>&1 || { tail -c 3000 var/mutmut.log; exit 1; }
+	$(PY) benchmarks/mutation_summary.py
+
 # a tiny network for a few steps on DATA (a folder of 40X tiles): seconds on a CPU
 train-smoke: $(STAMP)
 	$(PY) training/train.py --config training/configs/smoke.yaml --data $(DATA) --out runs/smoke
@@ -59,4 +68,4 @@ evaluate: $(STAMP)
 	$(PY) training/evaluate.py $(MODEL) --data $(DATA)
 
 clean:
-	rm -rf $(VENV) var build *.egg-info viewer/node_modules
+	rm -rf $(VENV) var build *.egg-info viewer/node_modules mutants

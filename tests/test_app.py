@@ -161,12 +161,10 @@ def test_full_queue_answers_503(bundle, slide_dir):
 
     app = create_app(Settings(slide_dir=slide_dir, model=bundle, device="cpu", queue_size=1))
     svc = app.extensions["tileserver"]
-    gate = threading.Event()
+    started, gate = threading.Event(), threading.Event()
     try:
-        svc.engine.queue.submit(None, lambda: gate.wait(10))  # the worker is busy
-        import time
-
-        time.sleep(0.1)
+        svc.engine.queue.submit(None, lambda: (started.set(), gate.wait(60)))
+        assert started.wait(60)  # the worker is busy
         svc.engine.queue.submit(None, lambda: None)  # the queue is full
         r = app.test_client().get("/dzi/he5x_files/10/0_0.jpeg")
         assert r.status_code == 503 and r.headers["Retry-After"] == "2" and b"busy" in r.data

@@ -10,6 +10,18 @@ def test_decide():
     assert decide(2.0, 2.0) is None and decide(1.6, 2.0) is None and decide(2.49, 2.0) is None
     assert "±25%" in decide(0.499, 2.0)
     assert "--assume-mpp" in decide(None, 2.0)
+    assert "no super-resolution model" in decide(2.0, None)
+
+
+@pytest.mark.parametrize("model_mpp", [2.0, 0.5, 1.0])
+def test_mpp_rule_is_25_percent_of_the_model_mpp_both_ways(model_mpp):
+    """Exactly ±25 % of the model's input mpp is accepted; just beyond, on either side, is not (default tolerance)."""
+    for f in (0.75, 0.76, 1.0, 1.24, 1.25):
+        assert decide(model_mpp * f, model_mpp) is None, f
+    for f in (0.7499, 0.74, 0.6, 1.2501, 1.26, 1.33, 1.5, 2.0):
+        reason = decide(model_mpp * f, model_mpp)
+        assert reason and "not within ±25%" in reason, f
+    assert decide(model_mpp * 1.1, model_mpp, tolerance=0.05) and decide(model_mpp * 1.1, model_mpp, tolerance=0.11) is None
 
 
 def test_real_slides(wsi_dir, tmp_path):
@@ -31,27 +43,22 @@ def test_real_slides(wsi_dir, tmp_path):
         cat.close()
 
 
-def test_ingested_slide_names_its_reference(wsi_dir, tmp_path, bundle):
-    """`tileserver ingest` output pairs with its source in the API (skipped until ingest works)."""
+def test_ingested_slide_names_its_reference(cmu_svs, tmp_path, bundle):
+    """`tileserver ingest` output pairs with its source in the API; any failure on the way fails the test."""
     from tileserver.commands import cli
     from tileserver.settings import Settings
     from tileserver.web.app import create_app
 
-    shutil.copy(wsi_dir / "CMU-1-Small-Region.svs", tmp_path)
-    try:
-        rc = cli.main(["ingest", str(tmp_path / "CMU-1-Small-Region.svs"), "-o", str(tmp_path), "--no-progress"])
-    except (NotImplementedError, SystemExit) as e:
-        pytest.skip(f"ingest not available: {e!r}")
-    if rc != 0:
-        pytest.skip("ingest not available")
+    shutil.copy(cmu_svs, tmp_path / "CMU-1-Small-Region.svs")
+    assert cli.main(["ingest", str(tmp_path / "CMU-1-Small-Region.svs"), "-o", str(tmp_path), "--no-progress"]) == 0
     app = create_app(Settings(slide_dir=tmp_path, model=bundle, device="cpu"))
     try:
         slides = {s["id"]: s for s in app.test_client().get("/api/slides").json["slides"]}
         stored = [s for s in slides.values() if s["synthesized"]]
-        if not stored or not stored[0]["reference"]:
-            pytest.skip("ingest does not record provenance yet")
+        assert [s["name"] for s in stored] == ["CMU-1-Small-Region.5x.tif"]
         assert stored[0]["reference"] == {"id": "CMU-1-Small-Region", "name": "CMU-1-Small-Region.svs"}
         assert stored[0]["mpp"]["stored"] == pytest.approx(1.996, abs=0.01)
+        assert slides["CMU-1-Small-Region"]["reference"] is None  # the source names no reference of its own
     finally:
         app.extensions["tileserver"].close()
 
@@ -114,3 +121,48 @@ def test_ingest_output_folder_that_cannot_be_written_is_named(tmp_path, capsys):
         assert cli.main(["ingest", "--no-progress", str(src), "-o", out]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and f"output folder {out}" in err and str(src) not in err
+
+
+def test_catalog_of_a_folder(slide_dir, tmp_path):
+    """The catalog alone (no model): which files are slides, their ids, sizes, mpp and the synthesis decision."""
+    import os
+
+    cat = Catalog(slide_dir, model_mpp=2.0)
+    try:
+        assert sorted(cat.ids()) == ["he20x", "he5x", "plain"]  # notes.txt is not a slide
+        he5, _ = cat.get("he5x")
+        assert (he5.name, he5.format, he5.mpp, he5.mpp_source, he5.synthesized, he5.reason) == (
+            "he5x.tif", "generic-tiff", 2.0, "slide", True, None)
+        st = os.stat(slide_dir / "he5x.tif")
+        assert he5.stamp == f"he5x.tif:{st.st_size}:{st.st_mtime_ns}" and he5.mtime == st.st_mtime
+        he20, _ = cat.get("he20x")
+        assert he20.size == (320, 256) and not he20.synthesized and "not within ±25%" in he20.reason
+        plain, raster = cat.get("plain")
+        assert (plain.format, plain.size, plain.mpp, plain.mpp_source, plain.synthesized) == ("image", (70, 50), None, None, False)
+        assert "no mpp" in plain.reason and raster.read(0, 0, 70, 50).shape == (50, 70, 3)
+        assert cat.get("notes") is None and cat.reference_of(he5) is None
+    finally:
+        cat.close()
+    assumed = Catalog(slide_dir, model_mpp=2.0, assume_mpp=2.0)
+    try:
+        plain = assumed.get("plain")[0]
+        assert (plain.mpp, plain.mpp_source, plain.synthesized) == (2.0, "assumed", True)
+        assert assumed.get("he20x")[0].mpp_source == "slide"  # a slide's own mpp wins over --assume-mpp
+    finally:
+        assumed.close()
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        Catalog(tmp_path / "absent", model_mpp=2.0)
+    assert Catalog(slide_dir, model_mpp=None).get("he5x")[0].reason == "no super-resolution model loaded"
+
+
+def test_slide_ids_and_mpp_properties():
+    from tileserver.raster.catalog import magnification, read_mpp, slide_id
+
+    assert slide_id("a b/c?.svs") == "c" and slide_id("Case 1 (HE).svs") == "Case_1_HE"
+    assert slide_id("..svs") == "slide" and slide_id("x.5x.tif") == "x.5x"
+    assert read_mpp({"openslide.mpp-x": "0.5", "openslide.mpp-y": "0.25"}) == 0.375
+    assert read_mpp({"openslide.mpp-x": "0.5"}) == 0.5
+    assert read_mpp({"openslide.mpp-x": "nan", "openslide.mpp-y": "-1"}) is None
+    assert read_mpp({"openslide.mpp-x": "abc"}) is None and read_mpp({}) is None
+    assert magnification(0.25) == 40.0 and magnification(0.499) == 20.0 and magnification(2.0) == 5.0
+    assert magnification(0.33) == pytest.approx(10 / 0.33)  # no objective within 10 %

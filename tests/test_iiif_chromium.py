@@ -34,7 +34,7 @@ def served(bundle, slide_dir):
 
     for pkg in ("openseadragon", "mirador"):
         if not (VIEWER / "node_modules" / pkg).is_dir():
-            missing(f"{pkg} not installed: run `npm ci` in viewer/")
+            missing(f"{pkg} is not installed (`make viewer`, or `npm ci` in viewer/)")
     s = Served(create_app(Settings(slide_dir=slide_dir, model=bundle, device="cpu", cache_mb=64)))
     yield s
     s.close()

@@ -3,7 +3,6 @@ errors and their statuses, identifiers confined to the catalog, the shared block
 and the per-request synthesis budget (refused before the model runs)."""
 import io
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -45,7 +44,7 @@ def big(bundle, big_slide_dir):
 def test_info_json_3(client, app, he5):
     svc = app.extensions["tileserver"]
     r = client.get("/iiif/3/he5x/info.json")
-    assert r.status_code == 200 and r.mimetype == "application/json"
+    assert r.status_code == 200 and r.mimetype == "application/ld+json"  # 3.0's default (test_iiif_interop.py)
     info = r.json
     assert info["@context"] == "http://iiif.io/api/image/3/context.json"
     assert (info["id"], info["type"], info["protocol"], info["profile"]) == (
@@ -95,7 +94,8 @@ def test_jsonld_negotiation_cors_and_redirect(client):
     assert r.headers["Content-Type"] == 'application/ld+json;profile="http://iiif.io/api/image/3/context.json"'
     assert r.headers["Vary"] == "Accept" and r.headers["Access-Control-Allow-Origin"] == "*"
     assert r.headers["Link"] == '<http://iiif.io/api/image/3/level2.json>;rel="profile"'
-    assert client.get("/iiif/3/he5x/info.json", headers={"Accept": "*/*"}).mimetype == "application/json"
+    assert client.get("/iiif/3/he5x/info.json", headers={"Accept": "application/json"}).mimetype == "application/json"
+    assert client.get("/iiif/2/he5x/info.json", headers={"Accept": "*/*"}).mimetype == "application/json"
     assert client.get("/iiif/2/he5x/info.json", headers={"Accept": "application/ld+json"}).headers[
         "Content-Type"].endswith('profile="http://iiif.io/api/image/2/context.json"')
     for url in ("/iiif/3/he5x", "/iiif/2/he5x/"):
@@ -162,11 +162,11 @@ def test_full_queue_answers_503(bundle, slide_dir):
 
     app = create_app(Settings(slide_dir=slide_dir, model=bundle, device="cpu", queue_size=1))
     svc = app.extensions["tileserver"]
-    gate = threading.Event()
+    started, gate = threading.Event(), threading.Event()
     try:
-        svc.engine.queue.submit(None, lambda: gate.wait(10))
-        time.sleep(0.1)
-        svc.engine.queue.submit(None, lambda: None)
+        svc.engine.queue.submit(None, lambda: (started.set(), gate.wait(60)))
+        assert started.wait(60)  # the worker is busy
+        svc.engine.queue.submit(None, lambda: None)  # the queue is full
         r = app.test_client().get("/iiif/3/he5x/0,0,254,254/254,254/0/default.jpg")
         assert r.status_code == 503 and r.headers["Retry-After"] == "2"
     finally:
@@ -219,14 +219,11 @@ def test_whole_slide_at_40x_is_refused_before_the_model_runs(big, path):
     c = big.test_client()
     info = c.get("/iiif/3/big5x/info.json").json
     assert info["width"] >= 4000
-    t0 = time.perf_counter()
     r = c.get(f"/iiif/3/big5x/{path}")
-    dt = time.perf_counter() - t0
     assert r.status_code == 403, r.data
     assert b"synthesis budget" in r.data and b"size:" in r.data
     assert svc.engine.runs == [0, 0, 0]  # the model never ran
     assert len(svc.blocks) == 0
-    assert dt < 1.0  # generous on a loaded CI machine; benchmarks/tiles.py measures the real figure (~1 ms)
     assert 'tileserver_iiif_refused_total 1.0' in c.get("/metrics").data.decode()
 
 

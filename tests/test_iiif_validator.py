@@ -1,7 +1,6 @@
 """The official IIIF validator (iiif-validator) at level 2, for 3.0 and for 2.x (run as 2.0: its 2.1
 mode builds broken URLs), with zero failures, against the app on waitress serving its test image
 natively (no super-resolution) under the identifier the validator expects."""
-import os
 import re
 import subprocess
 import sys
@@ -9,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from conftest import missing
 from iiif_support import VALIDATOR_ID, Served, write_validator_slide
 
 
 def validator_script() -> Path:
     script = Path(sys.executable).parent / "iiif-validate.py"
     if not script.is_file():
-        (pytest.fail if os.environ.get("CI") == "true" else pytest.skip)(
-            "iiif-validator is not installed (pip install iiif-validator)")
+        missing("iiif-validator is not installed (`make venv`, or `.venv/bin/pip install -e '.[test]'`)")
     return script
 
 

@@ -1,6 +1,5 @@
 """Rasters: one shared contract for every backend, single-flight, block cache budget."""
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -69,21 +68,39 @@ def test_read_padded_reflects_only_outside():
     assert out.tolist() == [[2, 1, 0, 1, 2, 3, 2], [6, 5, 4, 5, 6, 7, 6]]
 
 
+class CountingLock:
+    """A lock that counts how often it was taken (a condition to wait on, instead of sleeping)."""
+
+    def __init__(self):
+        self._lock, self.cv, self.taken = threading.Lock(), threading.Condition(), 0
+
+    def __enter__(self):
+        self._lock.acquire()
+        with self.cv:
+            self.taken += 1
+            self.cv.notify_all()
+
+    def __exit__(self, *exc):
+        self._lock.release()
+
+
 def test_single_flight_runs_once():
     runs = []
     sf = SingleFlight()
+    sf._lock = lock = CountingLock()
     gate = threading.Event()
 
     def slow():
         runs.append(1)
-        gate.wait(5)
+        gate.wait(60)
         return 42
 
     results = []
     ts = [threading.Thread(target=lambda: results.append(sf.do("k", slow))) for _ in range(8)]
     for t in ts:
         t.start()
-    time.sleep(0.2)
+    with lock.cv:  # every caller has looked the key up (the leader once so far): all 7 others wait on it
+        assert lock.cv.wait_for(lambda: lock.taken >= 8, timeout=60)
     gate.set()
     for t in ts:
         t.join()

@@ -22,7 +22,7 @@ def server(bundle, slide_dir):
     from tileserver.web.app import create_app
 
     if not (VIEWER / "node_modules" / "openseadragon").is_dir():
-        missing("OpenSeadragon not installed: run `npm ci` in viewer/")
+        missing("OpenSeadragon is not installed (`make viewer`, or `npm ci` in viewer/)")
     app = create_app(Settings(slide_dir=slide_dir, model=bundle, device="cpu", cache_mb=64))
     srv = create_server(app, host="127.0.0.1", port=0, threads=6)
     t = threading.Thread(target=srv.run, daemon=True)

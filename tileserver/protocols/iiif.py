@@ -117,9 +117,12 @@ class Limits:
     max_area: int
 
     def check(self, w: int, h: int) -> None:
+        """400 over the limits, naming the largest size allowed at this aspect ratio (what ``max`` gives)."""
         if w > self.max_width or h > self.max_height or w * h > self.max_area:
+            fw, fh = self.fit(w, h)
             raise IIIFError(400, f"{w}x{h} exceeds the limits (maxWidth {self.max_width}, maxHeight "
-                                 f"{self.max_height}, maxArea {self.max_area})", "size")
+                                 f"{self.max_height}, maxArea {self.max_area}); the largest allowed at this "
+                                 f"aspect ratio is {fw}x{fh} (size {fw},{fh} or max)", "size")
 
     def fit(self, w: int, h: int) -> tuple[int, int]:
         """The largest size with the aspect ratio of w×h (rounded) within the limits, up or down."""

@@ -20,6 +20,10 @@ SUPPORTS_2 = ["baseUriRedirect", "canonicalLinkHeader", "cors", "jsonldMediaType
               "regionByPct", "regionByPx", "regionSquare", "rotationArbitrary", "rotationBy90s", "sizeAboveFull",
               "sizeByConfinedWh", "sizeByDistortedWh", "sizeByH", "sizeByPct", "sizeByW", "sizeByWh"]
 EXTRA_FORMATS = [f for f in FORMATS if f not in ("jpg", "png")]
+# JSON-LD context of the super-resolution service: its type and properties are terms of this vocabulary
+# (a linked-data processor keeps them instead of dropping undefined terms)
+SR_VOCAB = "urn:msr-tileserver:iiif:sr#"
+SR_CONTEXT = {"@vocab": SR_VOCAB}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,13 +60,18 @@ def tile_exponent_limit(width: int, height: int, tile: int) -> int:
 
 
 def sizes(d: ImageDescription, limits: Limits) -> list[dict[str, int]]:
-    """Whole-image sizes that read stored pixels only (no synthesis), within the limits, smallest first."""
+    """Whole-image sizes that read stored pixels only (no synthesis), within the limits, smallest first;
+    when the stored level itself is over the limits, the largest size within them (what ``max`` gives)."""
     out = []
     for k in range(d.planes_above, d.max_k + 1):
         w, h = level_size(d.width, d.height, k)
         if w <= limits.max_width and h <= limits.max_height and w * h <= limits.max_area:
-            out.append({"width": w, "height": h})
-    return sorted(out, key=lambda s: s["width"])
+            out.append((w, h))
+    sw, sh = level_size(d.width, d.height, d.planes_above)
+    fw, fh = limits.fit(d.width, d.height)
+    if (fw, fh) not in out and fw <= sw and fh <= sh:
+        out.append((fw, fh))
+    return [{"width": w, "height": h} for w, h in sorted(out)]
 
 
 def physdim_service(d: ImageDescription, service_id: str, version: str) -> dict[str, Any] | None:
@@ -82,6 +91,7 @@ def sr_service(d: ImageDescription, service_id: str, version: str) -> dict[str, 
              f"{d.stored_magnification} scan — not scanned pixels" if synth and d.model
              else f"Served as scanned: {d.reason or 'no super-resolution'}")
     return {
+        "@context": SR_CONTEXT,
         **ident,
         "label": {"en": [label]} if version == "3" else label,
         "storedMagnification": d.stored_magnification,

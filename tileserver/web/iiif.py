@@ -17,8 +17,8 @@ from flask import Blueprint, Response, redirect, request
 
 from tileserver.errors import OverBudget
 from tileserver.protocols import iiif
-from tileserver.protocols.iiif_info import CONTEXT, PROFILE, ImageDescription, info_json, manifest, physdim_service, \
-    sr_service, tile_exponent_limit
+from tileserver.protocols.iiif_info import CONTEXT, PROFILE, SR_CONTEXT, ImageDescription, info_json, manifest, \
+    physdim_service, sr_service, tile_exponent_limit
 from tileserver.protocols.iiif_render import transform
 from tileserver.raster import geometry as g
 from tileserver.raster.catalog import SlideInfo, magnification
@@ -77,18 +77,21 @@ def last_modified(svc: TileService, info: SlideInfo, synthesized: bool) -> datet
     return datetime.fromtimestamp(int(t), timezone.utc)
 
 
-def wants_jsonld() -> bool:
-    """Only an explicit Accept of application/ld+json (preferred to application/json) gets it."""
+def wants_jsonld(default: bool) -> bool:
+    """Content negotiation between application/ld+json and application/json: whichever the Accept header
+    prefers; ``default`` when it names neither (no Accept, ``*/*``). IIIF Image 3.0 and Presentation 3.0
+    default to JSON-LD; Image 2.1 gives JSON-LD only when asked for it."""
     acc = {v.lower(): q for v, q in request.accept_mimetypes}
-    ld = acc.get("application/ld+json", 0)
-    return ld > 0 and ld >= acc.get("application/json", 0)
+    ld, js = acc.get("application/ld+json", 0), acc.get("application/json", 0)
+    return default if ld == js == 0 else ld >= js
 
 
-def json_response(doc: dict, context: str, modified: datetime, profile: str | None = None) -> Response:
+def json_response(doc: dict, context: str, modified: datetime, profile: str | None = None,
+                  ld_default: bool = True) -> Response:
     body = json.dumps(doc, indent=2)
     etag = '"' + hashlib.sha1(body.encode()).hexdigest()[:24] + '"'
     headers = {"Vary": "Accept", **({"Link": f'<{profile}>;rel="profile"'} if profile else {})}
-    mimetype = f'application/ld+json;profile="{context}"' if wants_jsonld() else "application/json"
+    mimetype = f'application/ld+json;profile="{context}"' if wants_jsonld(ld_default) else "application/json"
     return conditional(etag, lambda: Response(body, headers={"Content-Type": mimetype}),
                        max_age=service().settings.max_age, modified=modified, headers=headers, public=base_trusted())
 
@@ -119,14 +122,16 @@ def info(version: str, ident: str):
     svc, slide = service(), lookup(ident)
     doc = info_json(version, f"{service_base(version)}/{ident}", image_description(svc, slide), limits(),
                     svc.settings.rights)
-    return json_response(doc, CONTEXT[version], last_modified(svc, slide, slide.synthesized), PROFILE[version])
+    return json_response(doc, CONTEXT[version], last_modified(svc, slide, slide.synthesized), PROFILE[version],
+                         ld_default=version == "3")
 
 
 @bp.get(f"/iiif/{V}/<ident>/sr")
 def sr(version: str, ident: str):
     svc, slide = service(), lookup(ident)
     doc = sr_service(image_description(svc, slide), f"{service_base(version)}/{ident}/sr", version)
-    return json_response(doc, CONTEXT[version], last_modified(svc, slide, slide.synthesized))
+    doc["@context"] = [SR_CONTEXT, CONTEXT[version]]  # standalone: the IIIF context too, last
+    return json_response(doc, CONTEXT[version], last_modified(svc, slide, slide.synthesized), ld_default=version == "3")
 
 
 @bp.get(f"/iiif/{V}/<ident>/physdim")
@@ -135,7 +140,7 @@ def physdim(version: str, ident: str):
     doc = physdim_service(image_description(svc, slide), f"{service_base(version)}/{ident}/physdim", version)
     if doc is None:
         raise iiif.IIIFError(404, f"slide {ident!r} has no pixel size (mpp)", "identifier")
-    return json_response(doc, doc["@context"], last_modified(svc, slide, False))
+    return json_response(doc, doc["@context"], last_modified(svc, slide, False), ld_default=version == "3")
 
 
 @bp.get("/iiif/3/<ident>/manifest.json")
