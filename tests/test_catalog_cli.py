@@ -135,7 +135,7 @@ def test_catalog_of_a_folder(slide_dir, tmp_path):
         assert (he5.name, he5.format, he5.mpp, he5.mpp_source, he5.synthesized, he5.reason) == (
             "he5x.tif", "generic-tiff", 2.0, "slide", True, None)
         st = os.stat(slide_dir / "he5x.tif")
-        assert he5.stamp == f"he5x.tif:{st.st_size}:{st.st_mtime_ns}" and he5.mtime == st.st_mtime
+        assert he5.stamp == f"he5x.tif:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}" and he5.mtime == st.st_mtime
         he20, _ = cat.get("he20x")
         assert he20.size == (320, 256) and not he20.synthesized and "not within ±25%" in he20.reason
         plain, raster = cat.get("plain")

@@ -35,3 +35,17 @@ class OverBudget(RequestError):
     def __init__(self, needed: int, budget: int):
         super().__init__(f"would synthesize more than {budget} uncached blocks (the budget)")
         self.needed, self.budget = needed, budget
+
+
+class Busy(RequestError):
+    """No slot for this kind of work now (503 with Retry-After): the model's or the heavy renders'."""
+
+    status = 503
+
+    def __init__(self, reason: str, retry_after: float):
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
+class Unavailable(Busy):
+    """A slide that cannot be read now (503 with Retry-After): the read error, until it is retried."""

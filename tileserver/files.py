@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Callable
 
@@ -27,13 +27,14 @@ def _fsync(path: Path) -> None:
 
 def write_atomically(out: Path, write: Callable[[Path], None], mode: int = 0o644) -> None:
     """Call ``write(temp_path)`` for a temp file beside ``out``, then rename it to ``out``
-    (synced, with ``mode``); on any failure (or Ctrl-C) the temp file is removed and
-    ``out`` is untouched."""
+    (synced, with ``mode``); on any failure (or Ctrl-C, or SIGTERM turned into an exception)
+    the temp file is removed and ``out`` is untouched. The temp file is created inside the
+    ``try``, so an interrupt at any moment leaves nothing behind."""
     out = Path(out)
-    fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial")
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = out.parent / f".{out.name}.{secrets.token_hex(6)}.partial"  # 48 random bits: no collision in practice
     try:
+        with open(tmp, "xb"):
+            pass
         write(tmp)
         os.chmod(tmp, mode)
         _fsync(tmp)

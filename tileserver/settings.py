@@ -45,8 +45,16 @@ class Settings:
     cache_mb: float = option(1024, "memory for cached blocks and tiles (MiB)", cast=float)
     device: str = option("auto", "where the model runs (auto: CUDA when it really loads, else CPU)", choices=DEVICES)
     threads: int | None = option(None, "ONNX Runtime intra-op threads (default: one per core)", cast=int)
-    http_threads: int = option(8, "waitress worker threads")
+    http_threads: int = option(16, "waitress worker threads")
+    model_requests: int = option(8, "requests that may use or wait for the model at once (beyond: 503 + Retry-After); "
+                                    "below --http-threads, so cache hits always find a free thread")
     queue_size: int = option(32, "inference jobs that may wait before 503", flag="--queue")
+    drain_timeout: float = option(30.0, "seconds SIGTERM/SIGINT lets requests in flight finish", cast=float)
+    follow_symlinks: bool = option(False, "serve symlinks in the slide folder that point outside it")
+    trusted_hosts: tuple = option(("localhost", "127.0.0.1", "::1"), "Host names that may appear in absolute URLs "
+                                  "(comma-separated); other Hosts get private, uncacheable documents",
+                                  cast=lambda text: tuple(h.strip().lower() for h in text.split(",") if h.strip()))
+    trust_proxy: bool = option(False, "build absolute URLs from X-Forwarded-Proto/-Host (only behind a proxy that sets them)")
     assume_mpp: float | None = option(None, "mpp (µm/px) for slides that carry none", cast=float)
     prefetch_blocks: int = option(64, "blocks synthesized ahead while the model is idle, one magnification above "
                                       "what a viewer looks at (0: off)")
@@ -60,7 +68,11 @@ class Settings:
     max_side: int = option(8192, "IIIF maxWidth and maxHeight", group="IIIF")
     rights: str | None = option(None, "rights URI announced in info.json", cast=str, group="IIIF")
     base_url: str | None = option(None, "public URL of /iiif when behind a proxy (e.g. https://host/iiif)", cast=str,
-                             group="IIIF")
+                                  group="IIIF")
+    render_budget: float = option(48.0, "megapixels one IIIF image request may read, resample and rotate (beyond: 400)",
+                                  cast=float, group="IIIF")
+    heavy_renders: int = option(2, "IIIF renders over 4 megapixels of work that run at once (as many more wait; "
+                                   "beyond: 503)", group="IIIF")
     redis: str | None = option(None, "Redis URL of the cache shared by replicas, e.g. redis://127.0.0.1:6379/0 "
                                "(off: each process caches alone)", cast=str, group="cluster")
     redis_lock_ttl: float = option(5.0, "seconds a replica's claim on a block outlives the replica (renewed while "
@@ -72,6 +84,8 @@ class Settings:
     max_cached_body: int = 512 * 1024  # encoded responses above this size are not cached
     max_age: int = 86400  # Cache-Control max-age of tiles and IIIF documents (s)
     retry_after: int = 2  # Retry-After of a 503 (s)
+    heavy_render_pixels: int = 4 * 2**20  # IIIF work (px) from which a render takes a heavy-render slot
+    slide_retry: float = 5.0  # first back-off (s) before a failed slide is reopened; doubles up to 64x
     warm_up: bool = False  # one pass per stage at start-up (serve turns it on)
     viewer_dir: Path = ROOT / "viewer"
 
@@ -95,8 +109,14 @@ class Settings:
             (1 <= self.jpeg_quality <= 100, "--jpeg-quality must be 1..100"),
             (self.device in DEVICES, f"--device must be one of {', '.join(DEVICES)}"),
             (self.threads is None or self.threads >= 0, "--threads must not be negative"),
-            (self.http_threads >= 1 and self.queue_size >= 1, "--http-threads and --queue must be at least 1"),
+            (self.http_threads >= 2 and self.queue_size >= 1, "--http-threads must be at least 2, --queue at least 1"),
             (self.prefetch_blocks >= 0 and self.prefetch_mb >= 0, "--prefetch-blocks and --prefetch-mb must not be negative"),
+            (1 <= self.model_requests < self.http_threads,
+             f"--model-requests must be 1..{self.http_threads - 1} (below --http-threads: cache hits need a thread)"),
+            (self.heavy_renders >= 1 and self.render_budget > 0, "--heavy-renders and --render-budget must be positive"),
+            (2 * self.heavy_renders + self.model_requests < self.http_threads,
+             "twice --heavy-renders plus --model-requests must stay below --http-threads (threads for cache hits)"),
+            (self.drain_timeout >= 0, "--drain-timeout must not be negative"),
             (self.synthesis_budget >= 0, "--synthesis-budget must not be negative"),
             (self.max_area >= 1 and self.max_side >= 1, "--max-area and --max-side must be positive"),
             (self.assume_mpp is None or self.assume_mpp > 0, "--assume-mpp must be positive"),

@@ -5,7 +5,9 @@ Bad input ends with exit status 2 and a one-line message, never a traceback.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 
 from tileserver import __version__
 from tileserver.commands import demo, ingest, serve
@@ -25,13 +27,26 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is (partial outputs removed), with its own exit status."""
+
+
+def _terminate(_signum, _frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command != "serve" and threading.current_thread() is threading.main_thread():  # serve drains itself
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(args.func(args) or 0)
     except UsageError as e:
         print(f"tileserver {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except Terminated:
+        print(f"tileserver {args.command}: stopped (SIGTERM)", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         return 130
 

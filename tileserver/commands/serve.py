@@ -2,7 +2,8 @@
 
 The flags are the fields of ``tileserver.settings.Settings``. The address is bound
 before the model loads, so a taken port or a bad host ends the command at once
-with one line (exit status 2), before anything is announced.
+with one line (exit status 2), before anything is announced. SIGTERM and SIGINT
+drain the requests in flight and exit 0 (``commands.drain``).
 """
 from __future__ import annotations
 
@@ -24,8 +25,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         shown = f" (default: {f.default})" if f.default is not None else ""
         if meta["flag"] == "slide_dir":
             target.add_argument(f.name, nargs="?", type=meta["cast"], default=f.default, help=meta["help"] + shown)
+        elif isinstance(f.default, bool):
+            target.add_argument("--" + f.name.replace("_", "-"), dest=f.name, action="store_true", help=meta["help"])
         else:
             flag = meta["flag"] or "--" + f.name.replace("_", "-")
+            shown = f" (default: {','.join(f.default)})" if isinstance(f.default, tuple) else shown
             target.add_argument(flag, dest=f.name, type=meta["cast"], default=f.default, choices=meta["choices"],
                                 action="append" if meta["many"] else "store",
                                 metavar=None if meta["choices"] else flag[2:].replace("-", "_").upper(),
@@ -77,8 +81,9 @@ def run(args: argparse.Namespace) -> int:
     socks = listen(s.host, s.port)
     try:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        from waitress import serve
+        from waitress import create_server
 
+        from tileserver.commands.drain import serve_until_stopped
         from tileserver.web.app import create_app
 
         try:
@@ -87,10 +92,13 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(str(e)) from None
         svc = app.extensions["tileserver"]
         models = ", ".join(f"{m.model_id} ({m.kind})" for m in svc.model_modes)
+        # listening from here; the lookahead lets waitress notice a client that left, so its queued inference is dropped
+        server = create_server(app, sockets=socks, threads=s.http_threads, ident="msr-tileserver",
+                               channel_request_lookahead=1)
         log.info("serving %d slide(s) from %s with %s on %s at http://%s:%d/", len(svc.slides()), s.slide_dir,
                  models, svc.engine.provider, s.host, socks[0].getsockname()[1])
-        # lookahead lets waitress notice a client that left, so its queued inference is dropped
-        serve(app, sockets=socks, threads=s.http_threads, ident="msr-tileserver", channel_request_lookahead=1)
+        serve_until_stopped(server, s.drain_timeout)
+        svc.close()
     finally:
         for sock in socks:
             sock.close()

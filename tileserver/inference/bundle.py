@@ -12,6 +12,7 @@ from typing import Any
 from tileserver.files import sha256_file
 
 BUNDLE_FORMAT = "msr-bundle/1"
+STAGES = 3  # 5X → 10X → 20X → 40X
 DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "models" / "msr-lite"
 
 
@@ -83,14 +84,39 @@ def load_bundle(path: Path | str | None = None, verify: bool = True) -> Bundle:
         raise BundleError(f"{mf}: unreadable manifest ({e})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{mf}: not an {BUNDLE_FORMAT} manifest")
-    for key in ("name", "version", "stages", "input_mpp", "halo"):
-        if key not in manifest:
-            raise BundleError(f"{mf}: field {key!r} is missing")
+    problem = manifest_problem(manifest)
+    if problem:
+        raise BundleError(f"{mf}: {problem}")
     bundle = Bundle(path, manifest)
     for stage in manifest["stages"]:
         f = path / stage["file"]
         if not f.is_file():
-            raise BundleError(f"{path}: stage file {stage['file']} is missing")
+            raise BundleError(f"{path / stage['file']}: stage file is missing")
         if verify and sha256_file(f) != stage["sha256"]:
-            raise BundleError(f"{path}: {stage['file']} does not match the sha256 in the manifest; refusing to load it")
+            raise BundleError(f"{f}: does not match the sha256 in the manifest; refusing to load it")
     return bundle
+
+
+def manifest_problem(m: dict[str, Any]) -> str | None:
+    """The first thing wrong with a manifest's fields, in one line, or None."""
+    for key in ("name", "version", "stages", "input_mpp", "halo"):
+        if key not in m:
+            return f"field {key!r} is missing"
+    stages = m["stages"]
+    if not isinstance(stages, list) or len(stages) != STAGES:
+        n = len(stages) if isinstance(stages, list) else repr(stages)
+        return f"'stages' must list {STAGES} x2 stages (5X to 10X, 20X, 40X), not {n}"
+    for i, st in enumerate(stages):
+        if not (isinstance(st, dict) and isinstance(st.get("file"), str) and isinstance(st.get("sha256"), str)):
+            return f"stage {i + 1} needs a 'file' and a 'sha256'"
+        if Path(st["file"]).is_absolute() or ".." in Path(st["file"]).parts:
+            return f"stage {i + 1}: file {st['file']!r} must lie inside the bundle"
+    num = (int, float)
+    if not isinstance(m["input_mpp"], num) or isinstance(m["input_mpp"], bool) or not m["input_mpp"] > 0:
+        return f"'input_mpp' must be a positive number, not {m['input_mpp']!r}"
+    if not isinstance(m["halo"], int) or isinstance(m["halo"], bool) or m["halo"] < 0:
+        return f"'halo' must be a whole number of pixels >= 0, not {m['halo']!r}"
+    per = (m.get("halo_measurement") or {}).get("per_stage_halo") if isinstance(m.get("halo_measurement"), dict) else None
+    if per is not None and not (isinstance(per, list) and all(isinstance(h, int) and h >= 0 for h in per)):
+        return f"'halo_measurement.per_stage_halo' must list whole numbers >= 0, not {per!r}"
+    return None

@@ -43,7 +43,7 @@ def _cuda_sessions(files: Sequence[Path], threads: int | None) -> list | None:
     old = ort.get_default_logger_severity() if hasattr(ort, "get_default_logger_severity") else 2
     ort.set_default_logger_severity(4)  # the provider's load failure is reported below, once
     try:
-        sessions = [ort.InferenceSession(str(f), session_options(threads), providers=[cuda, "CPUExecutionProvider"]) for f in files]
+        sessions = [_session(f, threads, [cuda, "CPUExecutionProvider"]) for f in files]
     finally:
         ort.set_default_logger_severity(old)
     if any(s.get_providers()[0] != "CUDAExecutionProvider" for s in sessions):
@@ -67,8 +67,53 @@ def create_sessions(bundle: Bundle, device: str = "auto", threads: int | None = 
             raise BundleError("--device cuda: the CUDA execution provider did not load (see ONNX Runtime's GPU requirements)")
         note = "CUDA not usable here; running on CPU"
         log.warning("device auto: %s", note)
-    sessions = [ort.InferenceSession(str(f), session_options(threads), providers=["CPUExecutionProvider"]) for f in files]
+    sessions = [_session(f, threads, ["CPUExecutionProvider"]) for f in files]
     return sessions, sessions[0].get_providers()[0], note
+
+
+def _session(file: Path, threads: int | None, providers: list):
+    """An ONNX Runtime session; a graph it cannot load is a ``BundleError`` naming the file."""
+    import onnxruntime as ort
+
+    try:
+        return ort.InferenceSession(str(file), session_options(threads), providers=providers)
+    except Exception as e:  # ORT raises its own classes (InvalidProtobuf, Fail, ...) for a bad graph
+        raise BundleError(f"{file}: ONNX Runtime cannot load it ({_first_line(e)})") from None
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0][:300] if lines else type(e).__name__
+
+
+MIN_OPSET = 11
+
+
+def check_stages(files: Sequence[Path], sessions: Sequence, side: int) -> None:
+    """Each stage is a x2 RGB graph: one input (N, 3, H, W), one output, default-domain opset
+    >= MIN_OPSET, and a run on a side x side block gives (1, 3, 2 side, 2 side) finite values;
+    else a ``BundleError`` naming the file and the problem."""
+    import onnx
+
+    for f, sess in zip(files, sessions):
+        ins, outs = sess.get_inputs(), sess.get_outputs()
+        if len(ins) != 1 or len(outs) != 1:
+            raise BundleError(f"{f}: needs one input and one output, has {len(ins)} and {len(outs)}")
+        for what, arg in (("input", ins[0]), ("output", outs[0])):
+            shape = arg.shape
+            if len(shape) != 4 or shape[1] != 3:
+                raise BundleError(f"{f}: {what} {arg.name!r} must be (N, 3, H, W), is {shape}")
+        opsets = {o.domain or "ai.onnx": o.version for o in onnx.load(str(f), load_external_data=False).opset_import}
+        if opsets.get("ai.onnx", 0) < MIN_OPSET:
+            raise BundleError(f"{f}: opset {opsets.get('ai.onnx')} is older than {MIN_OPSET}; export it again")
+        try:
+            y = sess.run(None, {ins[0].name: np.full((1, 3, side, side), 0.5, np.float32)})[0]
+        except Exception as e:  # the graph loads but cannot run: the bundle's fault, told in one line
+            raise BundleError(f"{f}: a test run on a {side}x{side} block failed ({_first_line(e)})") from None
+        if y.shape != (1, 3, 2 * side, 2 * side):
+            raise BundleError(f"{f}: a {side}x{side} block gave {tuple(y.shape)}, not (1, 3, {2 * side}, {2 * side}) (x2)")
+        if not np.isfinite(y).all():
+            raise BundleError(f"{f}: a test run gave NaN or infinite values")
 
 
 def to_float(img: np.ndarray) -> np.ndarray:
@@ -102,6 +147,7 @@ class Engine:
         self.device = device
         self.threads = threads
         self.sessions, self.provider, self.note = create_sessions(bundle, device, threads)
+        check_stages(bundle.stage_files, self.sessions, 2 * max(bundle.stage_halo(k) for k in range(bundle.stages)) + 16)
         self.input_names = [s.get_inputs()[0].name for s in self.sessions]
         gpu = self.provider.startswith("CUDA")
         # batching pays on a GPU; on a CPU one block already keeps every core busy

@@ -182,7 +182,7 @@ def parse_rotation(text: str) -> RotationSpec:
     return RotationSpec(Decimal(m.group(2)), bool(m.group(1)))
 
 
-def parse_quality_format(text: str) -> tuple[str, str]:
+def parse_quality_format(text: str, defer_unimplemented: bool = False) -> tuple[str, str]:
     m = _QF.fullmatch(text)
     if not m:
         raise IIIFError(400, f"malformed quality.format {text!r}", "quality")
@@ -191,15 +191,25 @@ def parse_quality_format(text: str) -> tuple[str, str]:
         raise IIIFError(400, f"unknown quality {quality!r} ({', '.join(QUALITIES)})", "quality")
     if fmt not in KNOWN_FORMATS:
         raise IIIFError(400, f"unknown format {fmt!r} ({', '.join(FORMATS)})", "format")
-    if fmt not in FORMATS:
-        raise IIIFError(501, f"format {fmt!r} is not implemented here ({', '.join(FORMATS)})", "format")
+    if not defer_unimplemented:
+        check_implemented(fmt)
     return quality, fmt
 
 
-def parse_request(version: str, region: str, size: str, rotation: str, quality_format: str) -> ImageRequest:
+def check_implemented(fmt: str) -> None:
+    """501 for a valid IIIF format this server does not make (jp2, pdf)."""
+    if fmt not in FORMATS:
+        raise IIIFError(501, f"format {fmt!r} is not implemented here ({', '.join(FORMATS)})", "format")
+
+
+def parse_request(version: str, region: str, size: str, rotation: str, quality_format: str,
+                  defer_unimplemented: bool = False) -> ImageRequest:
+    """The request's value; any malformed part is a 400 before a 501 for a format not made here (which
+    ``defer_unimplemented`` leaves to ``check_implemented``, after the request is resolved)."""
     version = _version(version)
-    q, f = parse_quality_format(quality_format)
-    return ImageRequest(version, parse_region(region), parse_size(size, version), parse_rotation(rotation), q, f)
+    reg, size_, rot = parse_region(region), parse_size(size, version), parse_rotation(rotation)
+    q, f = parse_quality_format(quality_format, defer_unimplemented)
+    return ImageRequest(version, reg, size_, rot, q, f)
 
 
 # -- resolve -------------------------------------------------------------------
@@ -315,6 +325,22 @@ class ReadPlan:
     box: tuple[int, int, int, int]
     crop: tuple[float, float, float, float]
     exact: bool
+
+
+def render_cost(res: Resolved, plan: ReadPlan) -> int:
+    """Pixels of work a request costs: those read (the box at its scale), the resampled output, the
+    expanded canvas of an arbitrary rotation, and a quality conversion of the result."""
+    x0, y0, x1, y1 = plan.box
+    w, h = res.size
+    cost = (x1 - x0) * (y1 - y0) + (0 if plan.exact else w * h)
+    rot = res.request.rotation
+    if rot.right_angle is None:
+        a = math.radians(float(rot.degrees))
+        w, h = math.ceil(abs(w * math.cos(a)) + abs(h * math.sin(a))), math.ceil(abs(w * math.sin(a)) + abs(h * math.cos(a)))
+        cost += w * h
+    if res.request.quality in ("gray", "bitonal"):
+        cost += w * h
+    return cost
 
 
 def level_size(width: int, height: int, k: int) -> tuple[int, int]:

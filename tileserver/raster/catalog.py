@@ -6,9 +6,14 @@ import dataclasses
 import logging
 import math
 import re
+import threading
+import time
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Callable, Mapping
 
+import numpy as np
+
+from tileserver.errors import NotFound, Unavailable
 from tileserver.ingest.provenance import read_provenance
 from tileserver.raster.stored import StoredRaster, open_raster
 
@@ -30,7 +35,7 @@ class SlideInfo:
     synthesized: bool
     reason: str | None  # why synthesis is off, when it is
     reference_name: str | None  # the source file named in the ingest provenance
-    stamp: str  # name, size and mtime of the file: changes when the file does
+    stamp: str  # name, size, mtime and inode of the file: changes when the file does
     mtime: float  # of the file, when the catalog opened it
 
 
@@ -79,51 +84,209 @@ def decide(mpp: float | None, model_mpp: float | None, tolerance: float = MPP_TO
     return None
 
 
-class Catalog:
-    """The slides in one folder, opened once; ``get(id)`` → (SlideInfo, raster)."""
+def signature(path: Path) -> tuple[int, int, int, int]:
+    """What changes when a file is replaced, rewritten or touched: device, inode, size, mtime (ns)."""
+    st = path.stat()
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
-    def __init__(self, folder: Path, model_mpp: float | None, assume_mpp: float | None = None):
+
+@dataclasses.dataclass(frozen=True)
+class Failure:
+    """Why a slide (or one region of it) cannot be read, and when it is tried again."""
+
+    reason: str
+    since: float
+    retry_at: float
+    attempts: int
+
+
+@dataclasses.dataclass
+class _Entry:
+    path: Path
+    sig: tuple[int, int, int, int]
+    info: SlideInfo | None = None  # None while the slide cannot be opened
+    raster: StoredRaster | None = None
+    failure: Failure | None = None  # the slide cannot be opened
+    bad_regions: dict = dataclasses.field(default_factory=dict)  # region -> Failure (read errors)
+    errors: int = 0
+
+
+class Catalog:
+    """The slides in one folder; ``get(id)`` → (SlideInfo, raster). Every use checks the file (stat):
+    a slide that disappeared is dropped, one that changed is reopened. A read error marks the region
+    (the handle is reopened, OpenSlide's errors are sticky) and a slide that cannot be opened is failed;
+    both answer ``Unavailable`` until the file changes or a doubling back-off runs out."""
+
+    MAX_BAD_REGIONS = 4096
+
+    def __init__(self, folder: Path, model_mpp: float | None, assume_mpp: float | None = None,
+                 follow_symlinks: bool = False, retry: float = 5.0, on_error: Callable[[str], None] | None = None):
         self.folder = Path(folder)
-        self._slides: dict[str, tuple[SlideInfo, StoredRaster]] = {}
+        self.model_mpp, self.assume_mpp, self.retry = model_mpp, assume_mpp, retry
+        self.on_error = on_error
+        self._slides: dict[str, _Entry] = {}
+        self._lock = threading.RLock()
         if not self.folder.is_dir():
             raise FileNotFoundError(f"slide folder {self.folder} does not exist")
+        root = self.folder.resolve()
         for path in sorted(self.folder.iterdir()):
             if path.name.startswith(".") or not path.is_file():
                 continue
-            opened = open_raster(path)
-            if opened is None:
+            if not follow_symlinks and not path.resolve().is_relative_to(root):
+                log.warning("skipping %s: a link to %s, outside the slide folder (--follow-symlinks serves it)",
+                            path.name, path.resolve())
                 continue
-            raster, fmt = opened
+            if open_raster(path, probe=True) is None:
+                continue
             sid = slide_id(path.name)
             if sid in self._slides:
                 sid = slide_id(path.name.replace(".", "_"))
-            props = getattr(raster, "properties", {})
-            mpp = read_mpp(props)
-            source = "slide" if mpp else None
-            if mpp is None and assume_mpp:
-                mpp, source = float(assume_mpp), "assumed"
-            reason = decide(mpp, model_mpp)
-            st = path.stat()
-            info = SlideInfo(sid, path.name, path, fmt, tuple(raster.size), mpp, source, reason is None, reason,
-                             reference_name(props), f"{path.name}:{st.st_size}:{st.st_mtime_ns}", st.st_mtime)
-            self._slides[sid] = (info, raster)
-            log.info("slide %s: %dx%d, mpp %s, %s", sid, *raster.size, mpp, "synthesized" if reason is None else reason)
+            self._slides[sid] = entry = _Entry(path, signature(path))
+            self._open(sid, entry)
 
+    # -- opening -----------------------------------------------------------------
+    def _open(self, sid: str, entry: _Entry) -> None:
+        """(Re)open the slide file of ``entry``: its info and raster, or a failure with its back-off."""
+        path = entry.path
+        try:
+            entry.sig = signature(path)
+            opened = open_raster(path)
+            if opened is None:
+                raise ValueError("no longer a slide OpenSlide or Pillow can read")
+        except Exception as e:  # any reason the file does not open is the slide's failure, never the server's
+            self._failed(sid, entry, f"cannot open {path.name}: {one_line(e)}")
+            return
+        raster, fmt = opened
+        props = getattr(raster, "properties", {})
+        mpp = read_mpp(props)
+        source = "slide" if mpp else None
+        if mpp is None and self.assume_mpp:
+            mpp, source = float(self.assume_mpp), "assumed"
+        reason = decide(mpp, self.model_mpp)
+        st = path.stat()
+        entry.info = SlideInfo(sid, path.name, path, fmt, tuple(raster.size), mpp, source, reason is None, reason,
+                               reference_name(props), f"{path.name}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}",
+                               st.st_mtime)
+        entry.raster, entry.failure = raster, None
+        log.info("slide %s: %dx%d, mpp %s, %s", sid, *raster.size, mpp, "synthesized" if reason is None else reason)
+
+    def _failed(self, sid: str, entry: _Entry, reason: str) -> None:
+        attempts = entry.failure.attempts + 1 if entry.failure else 1
+        entry.errors += 1
+        now = time.monotonic()
+        entry.failure = Failure(reason, now, now + self.retry * 2 ** min(attempts - 1, 6), attempts)
+        entry.info = entry.raster = None
+        log.error("slide %s failed: %s (retry in %.0f s)", sid, reason, entry.failure.retry_at - now)
+        if self.on_error:
+            self.on_error(sid)
+
+    def _check(self, sid: str) -> _Entry | None:
+        """The entry of ``sid`` after looking at its file: dropped if gone, reopened if changed or due."""
+        entry = self._slides.get(sid)
+        if entry is None:
+            return None
+        try:
+            sig = signature(entry.path)
+        except OSError:
+            log.warning("slide %s: %s is gone; dropped", sid, entry.path.name)
+            del self._slides[sid]
+            return None
+        if sig != entry.sig:
+            log.info("slide %s: %s changed; reopened", sid, entry.path.name)
+            entry.failure, entry.bad_regions, entry.errors = None, {}, 0
+            self._open(sid, entry)
+        elif entry.failure and time.monotonic() >= entry.failure.retry_at:
+            self._open(sid, entry)
+        return entry
+
+    # -- use -----------------------------------------------------------------------
     def ids(self) -> list[str]:
-        return list(self._slides)
+        """Ids of the slides whose files are still there (failed ones included)."""
+        with self._lock:
+            return [sid for sid in list(self._slides) if self._check(sid) is not None]
 
     def get(self, sid: str) -> tuple[SlideInfo, StoredRaster] | None:
-        return self._slides.get(sid)
+        """(info, raster) of a slide; None when there is none (any more); ``Unavailable`` while it fails."""
+        with self._lock:
+            entry = self._check(sid)
+            if entry is None:
+                return None
+            if entry.failure:
+                raise unavailable(sid, entry.failure)
+            return entry.info, entry.raster
+
+    def read(self, sid: str, x: int, y: int, w: int, h: int, downsample: int = 1) -> np.ndarray:
+        """Pixels of the slide's stored raster; a read error marks the region and reopens the handle."""
+        region = (x, y, w, h, downsample)
+        with self._lock:
+            found = self.get(sid)
+            if found is None:
+                raise NotFound(f"slide {sid!r} is gone")
+            bad = self._slides[sid].bad_regions.get(region)
+            if bad and time.monotonic() < bad.retry_at:
+                raise unavailable(sid, bad)
+        try:
+            return found[1].read(x, y, w, h, downsample)
+        except ValueError:
+            raise
+        except Exception as e:  # OpenSlideError, OSError, a decoder's error: this slide's, not the server's
+            self._read_failed(sid, region, f"read error in {found[0].name}: {one_line(e)}")
+            with self._lock:
+                raise unavailable(sid, self._slides[sid].bad_regions[region])
+
+    def _read_failed(self, sid: str, region: tuple, reason: str) -> None:
+        with self._lock:
+            entry = self._slides[sid]
+            entry.errors += 1
+            old = entry.bad_regions.get(region)
+            attempts = old.attempts + 1 if old else 1
+            now = time.monotonic()
+            if len(entry.bad_regions) >= self.MAX_BAD_REGIONS:
+                entry.bad_regions.clear()
+            entry.bad_regions[region] = Failure(reason, now, now + self.retry * 2 ** min(attempts - 1, 6), attempts)
+            log.error("slide %s: %s at %s", sid, reason, region)
+            if self.on_error:
+                self.on_error(sid)
+            self._open(sid, entry)  # OpenSlide's errors are sticky: a fresh handle for the other regions
+
+    def health(self) -> dict[str, dict[str, Any]]:
+        """Per slide with trouble: {"status": "failed"|"degraded", "error": reason, "errors": count, "name"}."""
+        out = {}
+        with self._lock:
+            for sid in [s for s in list(self._slides) if self._check(s) is not None]:
+                e = self._slides[sid]
+                if e.failure:
+                    out[sid] = {"name": e.path.name, "status": "failed", "error": e.failure.reason, "errors": e.errors}
+                elif e.errors:
+                    last = max(e.bad_regions.values(), key=lambda f: f.since, default=None)
+                    out[sid] = {"name": e.path.name, "status": "degraded", "errors": e.errors,
+                                "error": last.reason if last else None}
+        return out
 
     def reference_of(self, info: SlideInfo) -> SlideInfo | None:
         """The catalog slide whose file name the provenance of ``info`` names."""
         if not info.reference_name:
             return None
-        for other, _ in self._slides.values():
-            if other.name == info.reference_name and other.id != info.id:
-                return other
+        with self._lock:
+            for entry in self._slides.values():
+                other = entry.info
+                if other and other.name == info.reference_name and other.id != info.id:
+                    return other
         return None
 
     def close(self) -> None:
-        for _, raster in self._slides.values():
-            raster.close()
+        with self._lock:
+            for entry in self._slides.values():
+                if entry.raster:
+                    entry.raster.close()
+
+
+def one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+def unavailable(sid: str, failure: Failure) -> Unavailable:
+    wait = max(1, math.ceil(failure.retry_at - time.monotonic()))
+    return Unavailable(f"slide {sid!r} is unavailable: {failure.reason} (tried again in {wait} s or when the "
+                       f"file changes)", wait)

@@ -13,6 +13,7 @@ per-request state lives here.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import threading
@@ -21,7 +22,7 @@ from typing import Callable, Hashable
 import numpy as np
 from PIL import Image
 
-from tileserver.errors import NotFound, OverBudget
+from tileserver.errors import NotFound, OverBudget, Unavailable
 from tileserver.inference import Bundle, Engine, load_bundle
 from tileserver.inference.engine import StageTimer
 from tileserver.inference.modes import BICUBIC, Mode, model_modes
@@ -30,6 +31,7 @@ from tileserver.raster.blockgrid import Grid, default_fans
 from tileserver.raster.cache import ByteLRU
 from tileserver.raster.catalog import Catalog, SlideInfo
 from tileserver.raster.encode import encode, mimetype
+from tileserver.raster.gates import Gate, release_memory
 from tileserver.raster.planes import SingleFlight, SlideRasters
 from tileserver.raster.prefetch import Prefetcher, current_viewer
 from tileserver.settings import Settings, bundle_paths
@@ -80,15 +82,20 @@ class Tile:
 
 
 class TileService:
-    def __init__(self, settings: Settings, bundle: Bundle | None = None, on_inference: StageTimer | None = None):
+    def __init__(self, settings: Settings, bundle: Bundle | None = None, on_inference: StageTimer | None = None,
+                 on_slide_error: Callable[[str], None] | None = None):
         s = self.settings = settings
         paths = bundle_paths(s)
         bundles = [bundle or load_bundle(paths[0])] + [load_bundle(p) for p in paths[1:]]
         self.modes: dict[str, Mode] = {m.key: m for m in model_modes(bundles)}
         self.bundle = bundles[0]  # the default model
-        self.catalog = Catalog(s.slide_dir, self.bundle.input_mpp, s.assume_mpp)
+        # work that needs the model, and heavy renders, pass a gate: never every HTTP thread (cache hits need one)
+        self.model_gate = Gate("requests using the model", s.model_requests, 0, s.retry_after)
+        self.heavy_gate = Gate("heavy IIIF renders", s.heavy_renders, s.heavy_renders, s.retry_after)
         self.engines = {b.name: Engine(b, s.device, s.threads, s.queue_size, on_run=on_inference) for b in bundles}
         self.engine = self.engines[self.bundle.name]
+        self.catalog = Catalog(s.slide_dir, self.bundle.input_mpp, s.assume_mpp, s.follow_symlinks, s.slide_retry,
+                               on_slide_error)
         budget = int(s.cache_mb * 2**20)
         self.tiles = ByteLRU("tiles", int(budget * s.tile_cache_fraction))
         self.blocks = ByteLRU("blocks", budget - self.tiles.max_bytes)
@@ -99,9 +106,10 @@ class TileService:
         self.grid = self.grids[self.bundle.name]
         self.stride, self.margin = self.grid.stride, self.grid.margin  # the top blocks' side: IIIF's tile size
         self.shared = self._share() if s.redis else None
-        self._rasters: dict[tuple[str, str], SlideRasters] = {}
+        self._rasters: dict[tuple[str, str], tuple[str, SlideRasters]] = {}  # (slide, model) -> (stamp, planes)
         self._lock = threading.Lock()
-        self.prefetch = Prefetcher(self.engine.queue, lambda sid: self._rasters_of(sid, self.bundle), s.prefetch_blocks, int(s.prefetch_mb * 2**20))
+        self.prefetch = Prefetcher(self.engine.queue, lambda sid: self._rasters_of(sid, self.bundle), s.prefetch_blocks,
+                                   int(s.prefetch_mb * 2**20))  # the default model's blocks
         if s.warm_up:
             for name, engine in self.engines.items():
                 engine.warm_up(self.block_shapes_of(self.grids[name]))
@@ -133,7 +141,7 @@ class TileService:
         from tileserver.raster.shared_cache import SharedCaches, model_digest, slide_digest
 
         s, b = self.settings, self.bundle
-        stamps = {info.stamp: slide_digest(info.path) for info, _ in map(self.catalog.get, self.catalog.ids())}
+        stamps = {info.stamp: slide_digest(info.path) for info in self.slides()}  # failed slides: none to share
         models = {m.model_id: f"{m.model_id}#{model_digest(st['sha256'] for st in m.bundle.manifest['stages'])}"
                   for m in self.model_modes}  # every mode's model: names that every replica shares
         shared = SharedCaches(s.redis, stamps, models, s.redis_lock_ttl, s.redis_timeout, s.redis_backoff_max)
@@ -154,7 +162,16 @@ class TileService:
 
     # -- slides ----------------------------------------------------------------
     def slides(self) -> list[SlideInfo]:
-        return [self.slide(sid) for sid in self.catalog.ids()]
+        """The slides served now (failed ones are in ``catalog.health()``)."""
+        out = []
+        for sid in self.catalog.ids():
+            try:
+                info = self.find(sid)
+            except Unavailable:  # failed (now): listed by catalog.health() instead
+                continue
+            if info is not None:
+                out.append(info)
+        return out
 
     def find(self, sid: str) -> SlideInfo | None:
         found = self.catalog.get(sid)
@@ -207,24 +224,39 @@ class TileService:
         etag = '"' + hashlib.sha1("|".join(map(str, key)).encode()).hexdigest()[:24] + '"'
         return TileRef(sid, kind, model, plane, downsample, region, fmt, key, etag, m.key)
 
-    def tile(self, ref: TileRef, transform: Transform | None = None, budget: int | None = None) -> Tile:
+    def cached(self, ref: TileRef) -> bool:
+        """Whether the encoded tile is in the cache (nothing counted, nothing read)."""
+        return self.tiles.contains(ref.key)
+
+    def tile(self, ref: TileRef, transform: Transform | None = None, budget: int | None = None,
+             work: int = 0) -> Tile:
         """The encoded tile, from the cache or made now: pixels → ``transform`` → encode → cache.
-        With a ``budget``, a tile that would synthesize more uncached blocks is refused first."""
+        With a ``budget``, a tile that would synthesize more uncached blocks is refused first. Work that
+        needs the model passes the model gate, a render of ``work`` ≥ heavy_render_pixels the heavy one
+        (``Busy`` when full); cache hits pass neither."""
         body = self.tiles.get(ref.key)
         if ref.kind == "synthesized" or (ref.kind == "stored" and ref.downsample == 1 and self.prefetch.enabled
                                          and self.planes_above(self.slide(ref.slide))):
             self.prefetch.note(current_viewer(), ref.slide, ref.plane, ref.region)
         if body is not None:
             return Tile(ref, body, True)
-        if budget is not None:
-            needed = self.missing_blocks(ref, budget)
-            if needed > budget:
-                raise OverBudget(needed, budget)
-        with self.prefetch.interactive():
-            if ref.kind == "synthesized":
-                self.prefetch.served_from_prefetch(self._ready_blocks(ref))
-            pixels = self.pixels(ref)
-        body = encode(transform(pixels) if transform else pixels, ref.format, self.settings.jpeg_quality)
+        needed = self.missing_blocks(ref, budget or 0)
+        if budget is not None and needed > budget:
+            raise OverBudget(needed, budget)
+        heavy = work >= self.settings.heavy_render_pixels
+        with contextlib.ExitStack() as held:
+            if needed:
+                held.enter_context(self.model_gate.slot())
+            if heavy:
+                held.enter_context(self.heavy_gate.slot())
+            with self.prefetch.interactive():
+                if ref.kind == "synthesized":
+                    self.prefetch.served_from_prefetch(self._ready_blocks(ref))
+                pixels = self.pixels(ref)
+            body = encode(transform(pixels) if transform else pixels, ref.format, self.settings.jpeg_quality)
+            del pixels
+        if heavy:
+            release_memory()
         if len(body) <= self.settings.max_cached_body:
             self.tiles.put(ref.key, body)
         return Tile(ref, body, False)
@@ -233,7 +265,7 @@ class TileService:
         """(h, w, 3) uint8 of the tile's region, from the block cache when synthesized."""
         x, y, w, h = ref.region
         if ref.plane == 0:
-            return self.catalog.get(ref.slide)[1].read(x, y, w, h, ref.downsample)
+            return self.catalog.read(ref.slide, x, y, w, h, ref.downsample)
         if ref.kind == "bicubic":
             return self._rasters_of(ref.slide, self.bundle).bicubic[ref.plane].read(x, y, w, h)
         return self._rasters_of(ref.slide, self.modes[ref.mode].bundle).model[ref.plane].read(x, y, w, h)
@@ -259,12 +291,26 @@ class TileService:
         return self._rasters_of(ref.slide, self.modes[ref.mode].bundle).missing_blocks(ref.plane, *ref.region, limit)
 
     def _rasters_of(self, sid: str, bundle: Bundle) -> SlideRasters:
+        info = self.slide(sid)
         with self._lock:
-            planes = self._rasters.get((sid, bundle.name))
-            if planes is None:
-                info, raster = self.catalog.get(sid)
+            stamp, planes = self._rasters.get((sid, bundle.name), (None, None))
+            if planes is None or stamp != info.stamp:  # new, or the file changed: new planes, new cache keys
                 engine, grid = self.engines[bundle.name], self.grids[bundle.name]
                 stages = [lambda img, k=k: engine.run(k, img[None])[0] for k in range(bundle.stages)]
-                planes = self._rasters[(sid, bundle.name)] = SlideRasters((info.stamp, bundle.model_id), raster, stages,
-                                                                          grid, self.blocks, self.flights)
+                planes = SlideRasters((info.stamp, bundle.model_id), _CatalogRaster(self.catalog, sid, info.size),
+                                      stages, grid, self.blocks, self.flights)
+                self._rasters[(sid, bundle.name)] = (info.stamp, planes)
             return planes
+
+
+class _CatalogRaster:
+    """A slide's stored raster read through the catalog, so read errors are contained there."""
+
+    def __init__(self, catalog: Catalog, sid: str, size: tuple[int, int]):
+        self.catalog, self.sid, self.size = catalog, sid, size
+
+    def read(self, x: int, y: int, w: int, h: int, downsample: int = 1) -> np.ndarray:
+        return self.catalog.read(self.sid, x, y, w, h, downsample)
+
+    def close(self) -> None:
+        pass

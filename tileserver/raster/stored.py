@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from struct import error as struct_error
 from pathlib import Path
 from typing import Mapping, Protocol
 
@@ -101,19 +102,47 @@ class ImageRaster:
         pass
 
 
-def open_raster(path: Path) -> tuple[StoredRaster, str] | None:
-    """(raster, format) for an OpenSlide slide or a plain image, or None if neither."""
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def is_tiff(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) in TIFF_MAGIC
+
+
+def check_tiff(path: Path) -> None:
+    """Cheap corruption checks of a TIFF-based slide, from its directories alone (no pixel decoded):
+    ``ValueError`` naming the first tile or strip whose bytes lie past the end of the file (truncated)."""
+    import tifffile
+
+    size = path.stat().st_size
+    try:
+        with tifffile.TiffFile(path) as tif:
+            for i, page in enumerate(tif.pages):
+                ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts) if n]
+                if ends and max(ends) > size:
+                    raise ValueError(f"truncated TIFF: page {i} has image data up to byte {max(ends)} "
+                                     f"but the file has {size} bytes")
+    except (tifffile.TiffFileError, struct_error, IndexError) as e:
+        raise ValueError(f"damaged TIFF: {e}") from None
+
+
+def open_raster(path: Path, probe: bool = False) -> tuple[StoredRaster, str] | None:
+    """(raster, format) for an OpenSlide slide or a plain image, or None if neither. With ``probe``, only
+    whether the file looks like one (``(None, format)``); otherwise an unreadable one raises its reason."""
     import openslide
 
     try:
         vendor = openslide.OpenSlide.detect_format(str(path))
     except openslide.OpenSlideError:
         vendor = None
+    tiff = is_tiff(path)
+    if probe:
+        return (None, vendor or "image") if vendor or tiff or path.suffix.lower() in IMAGE_SUFFIXES else None  # type: ignore[return-value]
+    if tiff:
+        check_tiff(path)
     if vendor:
         return OpenSlideRaster(path), vendor
-    if path.suffix.lower() in IMAGE_SUFFIXES:
-        try:
-            return ImageRaster(path), "image"
-        except (OSError, ValueError) as e:
-            log.warning("skipping %s: %s", path.name, e)
+    if path.suffix.lower() in IMAGE_SUFFIXES or tiff:
+        return ImageRaster(path), "image"
     return None

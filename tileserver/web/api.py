@@ -110,17 +110,27 @@ def models_json(svc: TileService) -> list[dict[str, Any]]:
     return [model_json(svc, m.bundle) for m in svc.model_modes]
 
 
+def failed_json(health: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Slides that cannot be opened now, with the reason (not in ``slides``: they have no pyramid)."""
+    return [{"id": sid, **h} for sid, h in health.items() if h["status"] == "failed"]
+
+
 @bp.get("/api/slides")
 def api_slides():
     svc = service()
-    return jsonify({"model": model_json(svc), "models": models_json(svc),
-                    "slides": [slide_json(svc, info) for info in svc.slides()]})
+    health = svc.catalog.health()
+    slides = [{**slide_json(svc, info), "status": health.get(info.id, {}).get("status", "ok"),
+               "error": health.get(info.id, {}).get("error")} for info in svc.slides()]
+    return jsonify({"model": model_json(svc), "models": models_json(svc), "slides": slides,
+                    "failed": failed_json(health)})
 
 
 @bp.get("/api/slides/<sid>")
 def api_slide(sid: str):
     svc = service()
-    return jsonify({"model": model_json(svc), "models": models_json(svc), "slide": slide_json(svc, svc.slide(sid))})
+    info, health = svc.slide(sid), svc.catalog.health().get(sid, {})
+    return jsonify({"model": model_json(svc), "models": models_json(svc),
+                    "slide": {**slide_json(svc, info), "status": health.get("status", "ok"), "error": health.get("error")}})
 
 
 @bp.get("/api/slides/<sid>/associated/<name>.jpg")
@@ -132,15 +142,18 @@ def api_associated(sid: str, name: str):
 
 @bp.get("/healthz")
 def healthz():
+    """``ok``, or ``degraded`` with the slides that fail or gave read errors (still 200: the server works)."""
     svc = service()
+    health = svc.catalog.health()
     shared = svc.shared.health() if svc.shared else None  # Redis down: degraded, still serving (200)
-    return jsonify({"status": "degraded" if shared and shared["state"] != "ok" else "ok",
-                    "model": svc.bundle.model_id, "models": [m.model_id for m in svc.model_modes],
-                    "provider": svc.engine.provider,
-                    "provider_note": svc.engine.note, "slides": len(svc.slides()),
-                    "queue_depth": svc.engine.queue.depth(), "shared_cache": shared})
+    degraded = bool(health) or bool(shared and shared["state"] != "ok")
+    return jsonify({"status": "degraded" if degraded else "ok", "model": svc.bundle.model_id,
+                    "models": [m.model_id for m in svc.model_modes], "provider": svc.engine.provider,
+                    "provider_note": svc.engine.note, "slides": len(svc.slides()), "slide_problems": health,
+                    "queue_depth": sum(e.queue.depth() for e in svc.engines.values()), "shared_cache": shared,
+                    "model_requests": svc.model_gate.stats(), "heavy_renders": svc.heavy_gate.stats()})
 
 
 @bp.get("/metrics")
 def prometheus():
-    return Response(generate_latest(metrics().registry), mimetype=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(metrics().registry), content_type=CONTENT_TYPE_LATEST)

@@ -5,7 +5,7 @@ Deep Zoom and IIIF serve the default model at ``/dzi`` and ``/iiif`` and every m
 Bad input gets a 4xx with a one-line reason, never a 500 (``web.http``)."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from flask import Flask
 
@@ -20,7 +20,8 @@ def create_app(settings: Settings | Mapping[str, Any] | None = None) -> Flask:
     ``app.extensions["tileserver"]`` is its tile service, ``app.extensions["metrics"]`` its metrics."""
     s = settings if isinstance(settings, Settings) else Settings(**(settings or {}))
     metrics = Metrics()
-    svc = TileService(s, on_inference=metrics.on_inference)
+    svc = TileService(s, on_inference=metrics.on_inference,
+                      on_slide_error=lambda sid: metrics.slide_errors.labels(slide=sid).inc())
     metrics.watch([svc.blocks, svc.tiles], lambda: sum(e.queue.depth() for e in svc.engines.values()))
     metrics.watch_work(svc.work_stats)
     if svc.shared:
@@ -32,8 +33,22 @@ def create_app(settings: Settings | Mapping[str, Any] | None = None) -> Flask:
     app.extensions["metrics"] = metrics
     http.install(app)
     http.track_clients(app)
+    app.wsgi_app = _counted(app.wsgi_app, metrics)
     for blueprint in (deepzoom.bp, iiif.bp, api.bp, viewer.bp):
         app.register_blueprint(blueprint)
     for blueprint in (deepzoom.bp, iiif.bp):  # each mode's own pyramid and image service: /m/<mode>/dzi, /m/<mode>/iiif
         app.register_blueprint(blueprint, url_prefix="/m/<mode>", name=f"{blueprint.name}_of_mode")
+    return app
+
+
+def _counted(wsgi: Callable, metrics: Metrics) -> Callable:
+    """The WSGI app with the requests in flight counted (what a graceful stop waits for)."""
+
+    def app(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        metrics.in_flight.inc()
+        try:
+            return wsgi(environ, start_response)
+        finally:
+            metrics.in_flight.dec()
+
     return app

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import time
 
-from flask import Blueprint, Response
+from flask import Blueprint, Response, request
 
 from tileserver.protocols import deepzoom as dz
 from tileserver.raster.service import TileService
 from tileserver.errors import NotFound
-from tileserver.web.http import conditional, metrics, mode_key, mode_or_default, pull_mode, service
+from tileserver.raster.encode import mimetype
+from tileserver.web.http import conditional, head_only, metrics, mode_key, mode_or_default, pull_mode, service
 
 bp = Blueprint("deepzoom", __name__)
 bp.url_value_preprocessor(pull_mode)
@@ -38,6 +39,8 @@ def tile_response(slide_files: str, level: str, tile: str, mode: str) -> Respons
                                              if ref.model else {})}
 
     def make() -> Response:
+        if request.method == "HEAD" and not svc.cached(ref):  # say what the tile is without making it
+            return head_only({}, mimetype(ref.format))
         t0 = time.perf_counter()
         t = svc.tile(ref)
         m = metrics()

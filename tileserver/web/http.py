@@ -11,7 +11,7 @@ from typing import Callable
 from flask import Flask, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
-from tileserver.errors import RequestError
+from tileserver.errors import Busy, RequestError
 from tileserver.inference import QueueFull
 from tileserver.inference.queue import INTERACTIVE, Cancelled, Demand, demand_scope
 from tileserver.raster.prefetch import viewer_scope
@@ -53,11 +53,41 @@ def not_modified(etag: str, modified: datetime | None = None) -> bool:
     return bool(modified and request.if_modified_since and modified <= request.if_modified_since)
 
 
+EXPOSE = "ETag, Last-Modified, Link, Retry-After, X-SR-Model, X-SR-Mode, X-Tile-Source, X-IIIF-Scale-Factor"
+
+
+def hostname(host: str) -> str:
+    """The name in a Host header, without its port: ``[::1]:5000`` → ``::1``, ``A.example:80`` → ``a.example``."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:].split("]", 1)[0]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def public_root() -> tuple[str, bool]:
+    """``scheme://host`` of this request as the public reaches it, and whether a shared cache may keep
+    a document built on it: with ``--trust-proxy`` from X-Forwarded-Proto/-Host; otherwise from the
+    Host header, trusted only when its name is one of ``--trusted-hosts``."""
+    s = service().settings
+    if s.trust_proxy:
+        proto = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip() or request.scheme
+        host = request.headers.get("X-Forwarded-Host", "").split(",")[0].strip() or request.host
+        return f"{proto}://{host}", True
+    return f"{request.scheme}://{request.host}", hostname(request.host) in s.trusted_hosts
+
+
+def head_only(headers: dict[str, str], mimetype: str) -> Response:
+    """A HEAD answer for a tile not made yet: its headers, no body and no length (nothing is computed)."""
+    return Response(iter(()), status=200, mimetype=mimetype, headers=headers)  # an iterator: no length is claimed
+
+
 def conditional(etag: str, make: Callable[[], Response], *, max_age: int, modified: datetime | None = None,
-                headers: dict[str, str] | None = None) -> Response:
+                headers: dict[str, str] | None = None, public: bool = True) -> Response:
     """A cacheable response: ``make()`` with ETag, Cache-Control, Last-Modified (when given) and
-    ``headers``; a 304 with the same headers, without calling ``make``, when the client's copy is current."""
-    h = {"ETag": etag, "Cache-Control": f"public, max-age={max_age}", **(headers or {})}
+    ``headers``; a 304 with the same headers, without calling ``make``, when the client's copy is current.
+    Not ``public``: a document built on an untrusted Host, which no shared cache may keep."""
+    cache = f"public, max-age={max_age}" if public else "private, no-store"
+    h = {"ETag": etag, "Cache-Control": cache, **(headers or {})}
     if modified is not None:
         h["Last-Modified"] = format_datetime(modified, usegmt=True)
     if not_modified(etag, modified):
@@ -75,13 +105,17 @@ def install(app: Flask) -> None:
         return text(e.reason, e.status)
 
     @app.errorhandler(QueueFull)
-    def busy(e: QueueFull):
+    def queue_full(e: QueueFull):
         metrics().rejected.inc()
         return text(f"busy: {e}", 503, **{"Retry-After": str(service().settings.retry_after)})
 
     @app.errorhandler(Cancelled)
     def gone(e: Cancelled):  # the client left before its tile was synthesized: nobody reads this
         return text(f"client closed the connection: {e}", 499)
+    @app.errorhandler(Busy)
+    def busy(e: Busy):
+        metrics().rejected.inc()
+        return text(e.reason, 503, **{"Retry-After": str(int(max(1, e.retry_after)))})
 
     @app.errorhandler(HTTPException)
     def http_error(e: HTTPException):
@@ -90,6 +124,7 @@ def install(app: Flask) -> None:
     @app.after_request
     def cors(resp: Response) -> Response:
         resp.headers.setdefault("Access-Control-Allow-Origin", "*")
+        resp.headers.setdefault("Access-Control-Expose-Headers", EXPOSE)
         return resp
 
 

@@ -25,9 +25,8 @@ from tileserver.protocols.iiif_render import transform
 from tileserver.raster import geometry as g
 from tileserver.raster.catalog import SlideInfo, magnification
 from tileserver.raster.service import Tile, TileRef, TileService
-from tileserver.web.http import conditional, metrics, mode_key, mode_or_default, pull_mode, service
-
-EXPOSE = "ETag, Last-Modified, Link, X-SR-Model, X-SR-Mode, X-Tile-Source, X-IIIF-Scale-Factor"
+from tileserver.web.http import (EXPOSE, conditional, head_only, metrics, mode_key, mode_or_default, public_root,
+                                 pull_mode, service)
 V = "<any('2','3'):version>"
 
 bp = Blueprint("iiif", __name__)
@@ -40,18 +39,28 @@ def limits() -> iiif.Limits:
     return iiif.Limits(s.max_side, s.max_side, s.max_area)
 
 
-def iiif_root() -> str:
-    """The public URL of ``/iiif`` (``--base-url``, else this request's host)."""
-    return (service().settings.base_url or request.host_url.rstrip("/") + "/iiif").rstrip("/")
+def iiif_root(relative_if_untrusted: bool = False) -> str:
+    """The public URL of ``/iiif``: ``--base-url``, else this request's (``web.http.public_root``); only a
+    path when asked for one and the Host is not trusted (a client's Host never reaches a shared cache)."""
+    base_url = service().settings.base_url
+    if base_url:
+        return base_url.rstrip("/")
+    root, trusted = public_root()
+    return f"{root if trusted or not relative_if_untrusted else ''}/iiif"
 
 
-def service_base(version: str, mode: str | None = "") -> str:
+def service_base(version: str, mode: str | None = "", relative_if_untrusted: bool = False) -> str:
     """Where the image services of ``version`` live: ``/iiif/3`` for the default model, ``/m/<mode>/iiif/3``
     for a named mode (``mode=""``: the mode of this request)."""
-    root, mode = iiif_root(), mode_key() if mode == "" else mode
+    root, mode = iiif_root(relative_if_untrusted), mode_key() if mode == "" else mode
     if mode:
         root = f"{root[:-len('/iiif')] if root.endswith('/iiif') else root}/m/{mode}/iiif"
     return f"{root}/{version}"
+
+
+def base_trusted() -> bool:
+    """Whether absolute URLs in this request's documents may be cached by anyone."""
+    return bool(service().settings.base_url) or public_root()[1]
 
 
 def lookup(ident: str) -> SlideInfo:
@@ -103,7 +112,7 @@ def json_response(doc: dict, context: str, modified: datetime, profile: str | No
     headers = {"Vary": "Accept", **({"Link": f'<{profile}>;rel="profile"'} if profile else {})}
     mimetype = f'application/ld+json;profile="{context}"' if wants_jsonld(ld_default) else "application/json"
     return conditional(etag, lambda: Response(body, headers={"Content-Type": mimetype}),
-                       max_age=service().settings.max_age, modified=modified, headers=headers)
+                       max_age=service().settings.max_age, modified=modified, headers=headers, public=base_trusted())
 
 
 # -- routes --------------------------------------------------------------------
@@ -124,7 +133,7 @@ def cors(resp: Response) -> Response:
 @bp.get(f"/iiif/{V}/<ident>/")
 def base_uri(version: str, ident: str):
     lookup(ident)
-    return redirect(f"{service_base(version)}/{ident}/info.json", 303)
+    return redirect(f"{service_base(version, relative_if_untrusted=True)}/{ident}/info.json", 303)
 
 
 @bp.get(f"/iiif/{V}/<ident>/info.json")
@@ -174,21 +183,26 @@ def manifest_json(ident: str):
 def image(version: str, ident: str, region: str, size: str, rotation: str, quality_format: str):
     svc, slide = service(), lookup(ident)
     d = image_description(svc, slide)
-    req = iiif.parse_request(version, region, size, rotation, quality_format)
+    req = iiif.parse_request(version, region, size, rotation, quality_format, defer_unimplemented=True)
     lim = limits()
     res = iiif.resolve(req, d.width, d.height, lim)
+    iiif.check_implemented(req.format)  # after every 400 the request could earn
     plan = iiif.read_plan(res)
+    work = priced(req, res, plan)
     canonical = res.canonical(lim)
     plane, downsample = g.scale_source(plan.k, d.planes_above)
     x0, y0, x1, y1 = plan.box
     ref = svc.locate(ident, mode_or_default(), plane, downsample, (x0, y0, x1 - x0, y1 - y0), req.format,
                      (version, canonical))
-    headers = {"Link": f'<{PROFILE[version]}>;rel="profile", <{service_base(version)}/{ident}/{canonical}>;rel="canonical"',
+    base = service_base(version, relative_if_untrusted=True)
+    headers = {"Link": f'<{PROFILE[version]}>;rel="profile", <{base}/{ident}/{canonical}>;rel="canonical"',
                "X-Tile-Source": ref.kind, "X-IIIF-Scale-Factor": str(2**plan.k),
                **({"X-SR-Model": ref.model, "X-SR-Mode": svc.mode(ref.mode).kind} if ref.model else {})}
 
     def make() -> Response:
-        t = render(svc, ref, req, res, plan, d)
+        if request.method == "HEAD" and not svc.cached(ref):
+            return head_only({}, iiif.FORMATS[req.format])
+        t = render(svc, ref, req, res, plan, d, work)
         metrics().iiif_images.labels(version=version, source=t.kind).inc()
         return Response(t.body, mimetype=t.mimetype)
 
@@ -196,12 +210,23 @@ def image(version: str, ident: str, region: str, size: str, rotation: str, quali
                        modified=last_modified(svc, slide, ref.kind == "synthesized"), headers=headers)
 
 
+def priced(req: iiif.ImageRequest, res: iiif.Resolved, plan: iiif.ReadPlan) -> int:
+    """The request's pixels of work (``iiif.render_cost``); over the render budget: 400 before any work."""
+    work, budget = iiif.render_cost(res, plan), service().settings.render_budget
+    if work > budget * 1e6:
+        metrics().iiif_refused.inc()
+        raise iiif.IIIFError(400, f"{req.region}/{req.size}/{req.rotation}/{req.quality} needs {work / 1e6:.1f} "
+                                  f"megapixels of reading, resampling and rotating; one request may use {budget:g} "
+                                  f"(ask for a smaller size, a right-angle rotation, or the tiles in info.json)", "size")
+    return work
+
+
 def render(svc: TileService, ref: TileRef, req: iiif.ImageRequest, res: iiif.Resolved, plan: iiif.ReadPlan,
-           d: ImageDescription) -> Tile:
+           d: ImageDescription, work: int) -> Tile:
     """The encoded image, from the shared cache or made within the synthesis budget."""
     budget = svc.settings.synthesis_budget
     try:
-        return svc.tile(ref, lambda pixels: transform(pixels, plan, res), budget)
+        return svc.tile(ref, lambda pixels: transform(pixels, plan, res), budget, work)
     except OverBudget:
         metrics().iiif_refused.inc()
         raise iiif.IIIFError(

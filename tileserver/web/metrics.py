@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from tileserver.raster.cache import Cache
@@ -88,7 +88,10 @@ class Metrics:
                                       buckets=LATENCY_BUCKETS, registry=r)
         self.inference = Histogram("tileserver_inference_seconds", "one forward pass of one stage", ["stage"],
                                    buckets=LATENCY_BUCKETS, registry=r)
-        self.rejected = Counter("tileserver_busy_responses", "503 answers because the inference queue was full", registry=r)
+        self.rejected = Counter("tileserver_busy_responses", "503 answers: model queue or heavy renders full, or a "
+                                "slide unavailable", registry=r)
+        self.slide_errors = Counter("tileserver_slide_errors", "slide open and read errors", ["slide"], registry=r)
+        self.in_flight = Gauge("tileserver_requests_in_flight", "HTTP requests being answered", registry=r)
         self.model = Info("tileserver_model", "the model and the execution provider in use", registry=r)
         self.iiif_images = Counter("tileserver_iiif_images", "IIIF image responses", ["version", "source"], registry=r)
         self.iiif_refused = Counter("tileserver_iiif_refused", "IIIF requests refused over the synthesis budget",
