@@ -12,9 +12,10 @@ HOST ?= 127.0.0.1
 PORT ?= 5000
 DATA ?= ../shared/data/monuseg2018-train
 MODEL ?=
-# the bundles `make serve` loads, the first the default: the shipped faithful and realistic models
-# where they exist, else msr-lite (names under tileserver/models, or folders)
-MODELS ?= $(or $(notdir $(wildcard tileserver/models/msr-faithful tileserver/models/msr-realistic)),msr-lite)
+# the bundles `make serve` loads, the first the default mode (names under tileserver/models, or
+# folders): the realistic model beside the faithful one it was fine-tuned from (they share 10X and
+# 20X, so switching modes changes only 40X texture) where it is shipped, else msr-lite
+MODELS ?= $(if $(wildcard tileserver/models/msr-realistic/manifest.json),msr-faithful msr-realistic,msr-lite)
 
 # Debian packages the browser, IIIF-validator and cluster tests need (installed when root)
 SYSTEM_DEPS := chromium libmagic1 redis-server nginx

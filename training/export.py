@@ -44,7 +44,7 @@ def training_data(meta: dict) -> dict:
         held = len(meta.get("val_images") or [])
         text = MONUSEG + (f"; {MONUSEG_TILES - held} for training, {held} held out for validation" if held else "")
         return {"summary": text, "sources": [], "licence": model_licence(["monuseg2018-train"])}
-    rows, trained_on = [], []
+    rows, trained_on, trained_labs = [], [], []
     for src in sources:
         d = dataset_of(src["path"])
         lab = src.get("lab") or src["name"]
@@ -55,14 +55,21 @@ def training_data(meta: dict) -> dict:
                      "validation_images": n_val, "held_out_patients": src.get("val_patients") or []})
         if not src.get("held_out"):
             trained_on.append(src["path"])
-    summary = (f"{len(train)} training images from " + ", ".join(r["lab"] for r in rows if "training" in r["role"])
+            trained_labs.append(lab)
+    summary = (f"{len(train)} training images from " + ", ".join(trained_labs)
                + "; held-out labs: " + (", ".join(r["lab"] for r in rows if "held out" in r["role"]) or "none"))
     return {"summary": summary, "sources": rows, "licence": model_licence(trained_on)}
 
 
 def losses_of(cfg: dict) -> dict:
-    """The loss terms the model was trained with (non-zero weights)."""
-    return {k: v for k, v in (cfg.get("loss") or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool) and v}
+    """The loss terms the model was trained with (non-zero weights; the discriminator's width is
+    not a loss term and is named only when there is an adversarial or feature-matching term)."""
+    loss = cfg.get("loss") or {}
+    terms = {k: v for k, v in loss.items()
+             if k != "disc_width" and isinstance(v, (int, float)) and not isinstance(v, bool) and v}
+    if terms.get("adversarial") or terms.get("feature_match"):
+        terms["discriminator_width"] = loss.get("disc_width")
+    return terms
 
 
 def quality_from(evaluation: Path | None, name: str) -> dict | None:

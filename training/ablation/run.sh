@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Ablation for the multi-lab model (issue 9): small runs that add one change at a time,
 # all on the lite architecture except the last, with the same sources, validation split,
-# schedule and step count; then one evaluation of every final checkpoint, per lab.
+# schedule and step count; then the table of their own per-lab validation (table.py), and with
+# EVALUATE=1 one whole-image evaluation of every final checkpoint, per lab (slow on a CPU).
 #   bash training/ablation/run.sh [STEPS] [OUT]      (from the repository root, .venv built)
 set -euo pipefail
 STEPS=${1:-1200}
@@ -18,5 +19,8 @@ run b-multilab "${LITE[@]}" "${NOAUG[@]}"
 run c-multilab-colour "${LITE[@]}" "${COLOUR[@]}"
 run d-multilab-colour-input "${LITE[@]}"
 run e-capacity "$@"
+"$PY" training/ablation/table.py "$OUT"/{a-monuseg-only,b-multilab,c-multilab-colour,d-multilab-colour-input,e-capacity} \
+    | tee "$OUT/table.md"
+[ "${EVALUATE:-0}" = 1 ] || exit 0
 "$PY" training/evaluate.py "$OUT"/{a-monuseg-only,b-multilab,c-multilab-colour,d-multilab-colour-input,e-capacity}/last.pt \
     --sources "$CFG" --out "$OUT/evaluation"
