@@ -2,6 +2,7 @@
 
     python benchmarks/tiles.py SLIDE_DIR --slide ID [--model BUNDLE] [--native FILE] [--out results.json]
     python benchmarks/tiles.py --url http://127.0.0.1:5000 --slide ID --pid PID   # a server already running
+    python benchmarks/tiles.py SLIDE_DIR --models BASELINE OTHER ... [--repeat 3]  # cold tiles per model (models.py)
 
 By default it starts `tileserver serve` itself (a fresh process for each cold
 measurement, so cold means cold) and reports, per synthesized level, the cold
@@ -282,9 +283,23 @@ def main(argv: list[str] | None = None) -> int:
                     "viewport and the pan/zoom prefetch session (benchmarks/chain.py)")
     ap.add_argument("--baseline", type=Path, help="with --chain: a checkout of the code to compare with (e.g. main), "
                     "its server run from there in the same run")
-    ap.add_argument("--repeat", type=int, default=1, help="with --chain: rounds of this/baseline, alternating")
+    ap.add_argument("--repeat", type=int, default=1, help="with --chain or --models: rounds, alternating")
+    ap.add_argument("--models", type=Path, nargs="+", help="only the cold 40X/20X/10X tiles of each bundle, the first "
+                    "the baseline, in alternating rounds (benchmarks/models.py)")
     ap.add_argument("--think", type=float, default=60, help="with --chain: the most seconds the session pauses at 20X")
     args = ap.parse_args(argv)
+    if args.models:
+        import models
+
+        def server_for(model: Path) -> Server:
+            return Server(argparse.Namespace(**{**vars(args), "model": model}), ROOT, ("--prefetch-blocks", "0"))
+
+        pooled = models.measure(args, server_for, Client, spread_tiles)
+        print(f"{args.samples} tiles per level and round, {args.repeat} round(s), {args.device}, {os.cpu_count()} CPUs")
+        print(models.format_measure(pooled))
+        if args.out:
+            args.out.write_text(json.dumps(pooled, indent=2))
+        return 0
     if args.chain:
         import chain
 

@@ -1,5 +1,6 @@
 """Training curves as a PNG: the loss, validation PSNR-Y per scale against bicubic,
-and the gain over bicubic of each validation lab (held-out labs included)."""
+the gain over bicubic of each validation lab (held-out labs included), and, for runs with a
+texture term, the 40X band energy against the real image's and the consistency with the scan."""
 from __future__ import annotations
 
 import csv
@@ -21,7 +22,9 @@ def plot_curves(log_path: Path, png_path: Path, bicubic: list[float]) -> None:
         return
     steps = [int(r["step"]) for r in rows]
     labs = [k[len("val_gain_"):] for k in rows[0] if k.startswith("val_gain_")]
-    fig, axes = plt.subplots(1, 3 if labs else 2, figsize=(16 if labs else 11, 4))
+    texture = any(r.get(k) for r in rows for k in ("spectrum", "adversarial", "feature_match"))
+    panels = 2 + bool(labs) + texture
+    fig, axes = plt.subplots(1, panels, figsize=(5.4 * panels, 4))
     a, b = axes[0], axes[1]
     a.plot(steps, [float(r["loss"]) for r in rows])
     a.set_xlabel("step")
@@ -42,6 +45,26 @@ def plot_curves(log_path: Path, png_path: Path, bicubic: list[float]) -> None:
         c.set_xlabel("step")
         c.set_ylabel("gain over bicubic, PSNR-Y dB (mean of scales)")
         c.legend(fontsize=7)
+    if texture:
+        plot_texture(axes[-1], steps, rows)
     fig.tight_layout()
     write_atomically(png_path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
     plt.close(fig)
+
+
+def plot_texture(ax, steps: list[int], rows: list[dict]) -> None:
+    """40X band energy / real per band (1 = the real amount of detail) and, on the right axis,
+    the 40X output degraded to 5X against the 5X input (dB)."""
+    from training.metrics import BANDS
+
+    for i, (lo, hi) in enumerate(BANDS):
+        if f"val_40X_band{i}" in rows[0]:
+            ax.plot(steps, [float(r[f"val_40X_band{i}"]) for r in rows], label=f"40X [1/{round(1 / lo)}, 1/{round(1 / hi)})")
+    ax.axhline(1, color="grey", lw=0.5)
+    ax.set_xlabel("step")
+    ax.set_ylabel("40X band energy / real")
+    ax.legend(fontsize=7, loc="upper left")
+    if "val_consistency" in rows[0]:
+        twin = ax.twinx()
+        twin.plot(steps, [float(r["val_consistency"]) for r in rows], "k--", label="consistency")
+        twin.set_ylabel("consistency with the 5X scan (dB, dashed)")
