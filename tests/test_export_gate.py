@@ -136,3 +136,25 @@ def test_bundle_halos_are_the_smallest_that_meet_the_tolerance(bundle, he40):
         assert interior_error(run, x, whole, h, 32, 32) <= HALO_TOLERANCE, f"stage {k + 1}: halo {h} too small"
         if h >= 2:
             assert interior_error(run, x, whole, h - 2, 32, 32) > HALO_TOLERANCE, f"stage {k + 1}: halo {h} not the smallest"
+
+
+def test_halo_is_measured_at_every_window_phase():
+    """A stage that averages its input over 4 × 4 cells fixed to the window's corner (as a
+    back-projection to 5X subsamples on a fixed grid) matches whole-image inference only when
+    the window starts on a multiple of 4: measured at phase 0 alone some halos pass, at every
+    phase none does, and the export would refuse it."""
+    from tileserver.inference.halo import PHASES, measure_halo
+
+    def cells(x):  # (N,3,H,W) -> (N,3,2H,2W): the mean of each 4x4 cell from the corner, enlarged 2x
+        n, c, h, w = x.shape
+        hh, ww = h - h % 4, w - w % 4
+        m = x[:, :, :hh, :ww].reshape(n, c, hh // 4, 4, ww // 4, 4).mean(axis=(3, 5))
+        out = np.repeat(np.repeat(m, 8, axis=2), 8, axis=3)
+        return np.pad(out, ((0, 0), (0, 0), (0, 2 * h - out.shape[2]), (0, 2 * w - out.shape[3])), mode="edge")
+
+    x = np.random.default_rng(0).random((3, 160, 160), dtype=np.float32)
+    whole = cells(x[None])[0]
+    assert PHASES >= 4
+    assert interior_error(cells, x, whole, 4, 32, 32, phases=1) == 0  # the window starts on a cell edge
+    assert interior_error(cells, x, whole, 4, 32, 32) > 0.1
+    assert smallest_halo(measure_halo(cells, x), 1 / 255) is None

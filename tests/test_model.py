@@ -120,3 +120,18 @@ def test_bicubic_skip_stays_fp32_under_bf16_autocast():
         y = stage(x)
     assert y.dtype == torch.float32
     torch.testing.assert_close(y, stage(x), atol=0.02, rtol=0)
+
+
+def test_projection_stages_take_any_size():
+    """A back-projecting stage runs on odd sizes (a block at a slide's edge): its ×½ rounds up there,
+    and on even sizes it is the plain ×½ the model trained with."""
+    import torch
+
+    from training.model import BicubicDown2, GeneratorArgs, SRStage
+
+    x = torch.rand(1, 3, 36, 52)
+    assert torch.equal(BicubicDown2(ceil=True)(x), BicubicDown2()(x))
+    assert BicubicDown2(ceil=True)(torch.rand(1, 3, 37, 53)).shape[-2:] == (19, 27)
+    a = GeneratorArgs(features=8, growth=4, blocks=1, rdbs_per_block=1, dense_layers=2, projection=1)
+    for index in range(3):
+        assert SRStage(a, index)(torch.rand(2, 3, 37, 53)).shape == (2, 3, 74, 106)

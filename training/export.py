@@ -188,7 +188,9 @@ def check_stage(k: int, stage, path: Path, real: np.ndarray, rng: np.random.Gene
     h = smallest_halo(errs, HALO_TOLERANCE)
     if h is None:
         raise ExportError(f"stage {k + 1}: no halo up to {max(errs)} px keeps blockwise inference within "
-                          f"{HALO_TOLERANCE * 255:.2f}/255")
+                          f"{HALO_TOLERANCE * 255:.2f}/255 at every window phase (error by halo: "
+                          + ", ".join(f"{a}:{e * 255:.2f}" for a, e in errs.items()) + " /255); a stage that "
+                          "subsamples on a fixed grid, such as a back-projection to 5X, depends on where a block starts")
     log(f"stage {k + 1}: halo {h} px (interior error by halo: " + ", ".join(f"{a}:{e * 255:.3f}" for a, e in errs.items())
         + " /255)")
     return diff, h, {str(a): round(e * 255, 5) for a, e in errs.items()}

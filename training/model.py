@@ -151,17 +151,19 @@ class BicubicUp2(nn.Module):
 class BicubicDown2(nn.Module):
     """Fixed antialiased bicubic ×½ (Pillow's kernel: a=-0.5 stretched ×2, 8 taps), the
     differentiable twin of one ``tileserver.degrade.halve``, as a strided depthwise conv
-    (exports to ONNX as a plain Conv). Edges are replicated."""
+    (exports to ONNX as a plain Conv). Edges are replicated. An odd side gives floor(n/2)
+    samples, or with ``ceil`` one more (from the replicated edge); even sides are the same."""
 
-    def __init__(self, channels: int = 3):
+    def __init__(self, channels: int = 3, ceil: bool = False):
         super().__init__()
+        self.pad = (3, 4, 3, 4) if ceil else (3, 3, 3, 3)
         taps = torch.tensor([cubic_weight(d / 2) for d in (-3.5, -2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 3.5)])
         taps /= taps.sum()
         self.register_buffer("weight", torch.outer(taps, taps).expand(channels, 1, 8, 8).clone(), persistent=False)
         self.channels = channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.pad(x, (3, 3, 3, 3), mode="replicate")
+        x = F.pad(x, self.pad, mode="replicate")
         return F.conv2d(x, self.weight, stride=2, groups=self.channels)
 
 
@@ -183,7 +185,8 @@ class SRStage(nn.Module):
         self.tail = conv3(3, 3)
         self.skip = BicubicUp2() if a.bicubic_skip or a.projection else None
         self.add_skip = a.bicubic_skip
-        self.down = BicubicDown2() if a.projection else None
+        # ceil: a block of any size (the edge of a slide) projects; the correction is cut to the output
+        self.down = BicubicDown2(ceil=True) if a.projection else None
         self.projection = a.projection
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -201,7 +204,7 @@ class SRStage(nn.Module):
                 r = x5 - self._down(y, self.index + 1)
                 for _ in range(self.index + 1):
                     r = self.skip(r)
-                y = y + r
+                y = y + r[..., :y.shape[-2], :y.shape[-1]]
             return y
 
     def _down(self, t: torch.Tensor, times: int) -> torch.Tensor:
