@@ -182,7 +182,8 @@ def page():
 
 
 # -- a second model for the modes: the shipped msr-lite, copied and relabelled as a realistic
-# model with its own name (the real msr-realistic bundle replaces it when it ships) --
+# model with its own name: cheaper to run than the shipped msr-realistic, which tests/test_seam.py and
+# tests/test_shipped_bundles.py exercise --
 SHIPPED_LITE = REPO / "tileserver" / "models" / "msr-lite"
 
 

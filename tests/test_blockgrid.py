@@ -45,6 +45,8 @@ def test_lower_plane_tiles_and_pieces():
         Grid(254, 2, (8, 8), ())
     with pytest.raises(ValueError):
         Grid(4, 0, (0, 0, 0, 0), (1, 1, 1))  # 10X blocks of half a pixel
+    with pytest.raises(ValueError):
+        Grid(254, 2, (8, 8, 8), (2, 1), (1, 2, 3))  # an alignment that is not a power of two
 
 
 @settings(max_examples=60, deadline=None)
@@ -52,8 +54,9 @@ def test_lower_plane_tiles_and_pieces():
        halos=st.lists(st.integers(0, 12), min_size=1, max_size=4), data=st.data())
 def test_chain_property(stride, margin, halos, data):
     fans = tuple(data.draw(st.lists(st.integers(1, 3), min_size=len(halos) - 1, max_size=len(halos) - 1)))
+    aligns = tuple(data.draw(st.sampled_from([1, 2 ** k])) for k in range(len(halos)))  # back-projecting or not
     try:
-        gr = Grid(stride, margin, tuple(halos), fans)
+        gr = Grid(stride, margin, tuple(halos), fans, aligns)
     except ValueError:  # blocks under 2 px on a lower plane: refused
         assume(False)
     for p in range(1, gr.top + 1):
@@ -64,7 +67,9 @@ def test_chain_property(stride, margin, halos, data):
             assert s0 <= c0 - margin and c1 + margin <= s1 and c1 == gr.core(p, b + 1)[0]  # cores tile the plane
             assert gr.core_index(p, c0) == b and gr.core_index(p, c1 - 1) == b
             w0, w1 = gr.window(p, b)
-            assert w1 - w0 == gr.input_side(p)
+            assert w1 - w0 == gr.input_side(p) and w0 % aligns[p - 1] == 0  # one shape; on the stage's grid
+            assert w0 <= s0 // 2 - halos[p - 1] and s1 // 2 + halos[p - 1] <= w1  # at least the halo each side
+            assert gr.offset(p, b) == s0 - 2 * w0 and gr.offset(p, b) + s1 - s0 <= 2 * (w1 - w0)
             if p > 1:
                 q0, q1 = gr.span(p - 1, gr.parent(p, b))
                 assert q0 <= w0 and w1 <= q1  # the whole window comes from the one parent block

@@ -77,6 +77,7 @@ def test_graphs_that_are_not_x2_rgb_stages(bundle, tmp_path, data, needle):
     (lambda m: m.update(input_mpp="two"), "'input_mpp' must be a positive number"),
     (lambda m: m.update(halo=-1), "'halo' must be a whole number"),
     (lambda m: m.pop("version"), "field 'version' is missing"),
+    (lambda m: m["stages"][2].update(input_alignment=3), "stage 3: 'input_alignment' must be a power of two, not 3"),
 ])
 def test_manifest_fields(bundle, tmp_path, change, needle):
     b = copy_bundle(bundle, tmp_path / "b")

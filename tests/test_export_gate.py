@@ -141,8 +141,8 @@ def test_bundle_halos_are_the_smallest_that_meet_the_tolerance(bundle, he40):
 def test_halo_is_measured_at_every_window_phase():
     """A stage that averages its input over 4 × 4 cells fixed to the window's corner (as a
     back-projection to 5X subsamples on a fixed grid) matches whole-image inference only when
-    the window starts on a multiple of 4: measured at phase 0 alone some halos pass, at every
-    phase none does, and the export would refuse it."""
+    the window starts on a multiple of 4: measured at every phase no halo passes (the export
+    refuses it), measured on the grid of 4 the server cuts for such a stage, every halo does."""
     from tileserver.inference.halo import PHASES, measure_halo
 
     def cells(x):  # (N,3,H,W) -> (N,3,2H,2W): the mean of each 4x4 cell from the corner, enlarged 2x
@@ -155,6 +155,10 @@ def test_halo_is_measured_at_every_window_phase():
     x = np.random.default_rng(0).random((3, 160, 160), dtype=np.float32)
     whole = cells(x[None])[0]
     assert PHASES >= 4
-    assert interior_error(cells, x, whole, 4, 32, 32, phases=1) == 0  # the window starts on a cell edge
+    assert interior_error(cells, x, whole, 4, 32, 32, align=4) == 0  # every window starts on a cell edge
     assert interior_error(cells, x, whole, 4, 32, 32) > 0.1
+    assert interior_error(cells, x, whole, 6, 32, 32, align=4) > 0.1  # a halo off the cells' grid
     assert smallest_halo(measure_halo(cells, x), 1 / 255) is None
+    # told that the server cuts its windows on multiples of 4, the measure finds halos (multiples of 4)
+    errors = measure_halo(cells, x, align=4)
+    assert sorted(errors) == list(range(0, 33, 4)) and smallest_halo(errors, 1 / 255) == 0

@@ -1,8 +1,12 @@
 """Seam-free by construction: Deep Zoom tiles fetched over HTTP, stitched, equal
-whole-image inference of the same bundle within 1/255 in the interior (10X, 20X, 40X)."""
+whole-image inference of the same bundle within 1/255 in the interior (10X, 20X, 40X);
+for a small test bundle and for the shipped back-projecting (realistic) model, whose stages
+must get windows on the 5X grid."""
 import io
+from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from tileserver.raster import geometry as g
@@ -24,6 +28,18 @@ def stitch(client, slide: str, level: int, dims, tile_size: int, overlap: int) -
     return out
 
 
+REALISTIC = Path(__file__).resolve().parents[1] / "tileserver" / "models" / "msr-realistic"
+
+
+@pytest.fixture(params=["test bundle", "msr-realistic"])
+def seam_bundle(request) -> Path:
+    if request.param == "test bundle":
+        return request.getfixturevalue("bundle")
+    assert (REALISTIC / "manifest.json").exists(), "the shipped realistic bundle is missing"
+    assert any(load_bundle(REALISTIC).stage_alignment(k) > 1 for k in range(3))  # it back-projects
+    return REALISTIC
+
+
 def interior_margins(bundle) -> list[int]:
     """Output pixels near the slide border that reflection padding (server) and zero
     padding (whole-image inference) may legitimately change, per synthesized plane."""
@@ -35,21 +51,21 @@ def interior_margins(bundle) -> list[int]:
     return margins
 
 
-def test_tiles_match_whole_image_inference(bundle, slide_dir, he5):
+def test_tiles_match_whole_image_inference(seam_bundle, slide_dir, he5):
     """The served chain (default tiles) against the whole-image chain, as training/evaluate.py runs it."""
     from tileserver.settings import Settings
     from tileserver.web.app import create_app
 
     tile_size = 254
-    app = create_app(Settings(slide_dir=slide_dir, model=bundle, device="cpu", tile_size=tile_size))
+    app = create_app(Settings(slide_dir=slide_dir, model=seam_bundle, device="cpu", tile_size=tile_size))
     client = app.test_client()
     try:
-        upscale, _ = bundle_upscaler(bundle)
+        upscale, _ = bundle_upscaler(seam_bundle)
         whole = upscale(he5)
         info = client.get("/api/slides/he5x").json["slide"]
         levels = g.dz_level_dims(*info["dimensions"]["virtual"])
         top = len(levels) - 1
-        for k, m in enumerate(interior_margins(bundle)):
+        for k, m in enumerate(interior_margins(seam_bundle)):
             level = top - 2 + k
             tiled = stitch(client, "he5x", level, levels[level], tile_size, 1)
             assert tiled.shape == whole[k].shape
@@ -60,17 +76,17 @@ def test_tiles_match_whole_image_inference(bundle, slide_dir, he5):
         app.extensions["tileserver"].close()
 
 
-def test_each_stage_is_seam_free_with_small_tiles(bundle, slide_dir, he5):
+def test_each_stage_is_seam_free_with_small_tiles(seam_bundle, slide_dir, he5):
     """Many seams (96 px tiles): each served plane equals its stage run on the whole served plane
     below (so rounding differences cannot pile up along the chain) within 1/255 in the interior."""
     from tileserver.settings import Settings
     from tileserver.web.app import create_app
 
     tile_size = 96
-    app = create_app(Settings(slide_dir=slide_dir, model=bundle, device="cpu", tile_size=tile_size))
+    app = create_app(Settings(slide_dir=slide_dir, model=seam_bundle, device="cpu", tile_size=tile_size))
     client = app.test_client()
     try:
-        b = load_bundle(bundle)
+        b = load_bundle(seam_bundle)
         sessions, _, _ = create_sessions(b, "cpu", 1)
         levels = g.dz_level_dims(*client.get("/api/slides/he5x").json["slide"]["dimensions"]["virtual"])
         top, below = len(levels) - 1, he5

@@ -168,6 +168,12 @@ def parity(stage, session, inputs: list[np.ndarray]) -> float:
     return worst
 
 
+def input_alignment(k: int, stage) -> int:
+    """Stage ``k`` (0 = 5X→10X) with back-projection subsamples its input ×½ ``k`` times on the 5X grid: it
+    must get windows that start on a multiple of 2**k (the manifest's ``input_alignment``); others any."""
+    return 2 ** k if getattr(stage, "projection", 0) else 1
+
+
 def check_stage(k: int, stage, path: Path, real: np.ndarray, rng: np.random.Generator, log) -> tuple[float, int, dict]:
     """Parity with PyTorch and the halo of one exported stage: (max diff, halo, error per halo /255)."""
     import onnxruntime as ort
@@ -184,7 +190,7 @@ def check_stage(k: int, stage, path: Path, real: np.ndarray, rng: np.random.Gene
     if not diff <= PARITY_TOLERANCE:
         raise ExportError(f"stage {k + 1}: ONNX differs from PyTorch by {diff:.3g} > {PARITY_TOLERANCE}")
     run = lambda x: sess.run(None, {sess.get_inputs()[0].name: np.ascontiguousarray(x, np.float32)})[0]  # noqa: E731
-    errs = measure_halo(run, to_float(centre_crop(real, 160))[0])
+    errs = measure_halo(run, to_float(centre_crop(real, 160))[0], align=input_alignment(k, stage))
     h = smallest_halo(errs, HALO_TOLERANCE)
     if h is None:
         raise ExportError(f"stage {k + 1}: no halo up to {max(errs)} px keeps blockwise inference within "
@@ -213,6 +219,8 @@ def export_stages(model, img40: np.ndarray, out: Path, opset: int, log) -> list[
             diff, halo, errors = check_stage(k, stage, path, inputs[k], rng, log)
             stages.append({"file": path.name, "sha256": sha256_file(path), "scale": 2, "input": f"{5 * 2 ** k}X",
                            "output": f"{10 * 2 ** k}X", "parity": diff, "halo": halo, "errors": errors})
+            if input_alignment(k, stage) > 1:
+                stages[-1]["input_alignment"] = input_alignment(k, stage)
     except BaseException:
         for p in written:
             p.unlink(missing_ok=True)
@@ -248,7 +256,8 @@ def manifest_for(meta: dict, checkpoint: Path, stages: list[dict], img_source: s
         "created": datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
         "config": cfg,
         "model_args": meta.get("model_args"),
-        "stages": [{k: s[k] for k in ("file", "sha256", "scale", "input", "output")} for s in stages],
+        "stages": [{k: s[k] for k in ("file", "sha256", "scale", "input", "output", "input_alignment") if k in s}
+                   for s in stages],
         "scales": [2] * len(stages),
         "magnifications": ["5X"] + [s["output"] for s in stages],
         "input_mpp": INPUT_MPP,

@@ -66,6 +66,11 @@ class Bundle:
         per = (self.manifest.get("halo_measurement") or {}).get("per_stage_halo")
         return int(per[stage]) if per and len(per) == self.stages else self.halo
 
+    def stage_alignment(self, stage: int) -> int:
+        """Windows given to the stage must start on a multiple of this (input pixels; 1 = anywhere): a stage
+        that back-projects to 5X subsamples its input on the 5X grid."""
+        return int(self.manifest["stages"][stage].get("input_alignment", 1))
+
     @property
     def stage_files(self) -> list[Path]:
         return [self.path / s["file"] for s in self.manifest["stages"]]
@@ -111,6 +116,9 @@ def manifest_problem(m: dict[str, Any]) -> str | None:
             return f"stage {i + 1} needs a 'file' and a 'sha256'"
         if Path(st["file"]).is_absolute() or ".." in Path(st["file"]).parts:
             return f"stage {i + 1}: file {st['file']!r} must lie inside the bundle"
+        a = st.get("input_alignment", 1)
+        if not isinstance(a, int) or isinstance(a, bool) or a < 1 or a & (a - 1):
+            return f"stage {i + 1}: 'input_alignment' must be a power of two, not {a!r}"
     num = (int, float)
     if not isinstance(m["input_mpp"], num) or isinstance(m["input_mpp"], bool) or not m["input_mpp"] > 0:
         return f"'input_mpp' must be a positive number, not {m['input_mpp']!r}"

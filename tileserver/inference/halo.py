@@ -26,12 +26,12 @@ def block_origins(size: int, core: int, margin: int, shift: int = 0) -> list[int
 
 
 def interior_error(run: Run, x: np.ndarray, whole: np.ndarray, halo: int, core: int, margin: int,
-                   phases: int = PHASES) -> float:
+                   align: int = 1) -> float:
     """Max |blockwise − whole| (both clipped to [0, 1]) over interior blocks of (3,H,W) ``x``, the blocks
-    starting at each of ``phases`` phases."""
+    shifted by every multiple of ``align`` below ``PHASES`` (``core`` and ``margin`` multiples of it)."""
     _, h, w = x.shape
     worst = 0.0
-    for shift in range(phases):
+    for shift in range(0, PHASES, align):
         ys, xs = block_origins(h, core, margin, shift), block_origins(w, core, margin, shift)
         if not ys or not xs:
             raise ValueError(f"image {h}x{w} too small for core {core} with margin {margin}")
@@ -42,12 +42,16 @@ def interior_error(run: Run, x: np.ndarray, whole: np.ndarray, halo: int, core: 
     return worst
 
 
-def measure_halo(run: Run, x: np.ndarray, candidates: Iterable[int] = range(0, 33, 2), core: int = 32) -> dict[int, float]:
-    """{halo: max interior error} for a (3,H,W) float32 image in [0, 1]."""
-    candidates = sorted(candidates)
+def measure_halo(run: Run, x: np.ndarray, candidates: Iterable[int] = range(0, 33, 2), core: int = 32,
+                 align: int = 1) -> dict[int, float]:
+    """{halo: max interior error} for a (3,H,W) float32 image in [0, 1]. ``align``: the stage is only
+    ever given windows that start on a multiple of it (``input_alignment`` in the manifest; the
+    server cuts such windows), so halos and phases are measured on that grid."""
+    candidates = sorted(h for h in candidates if h % align == 0)
     whole = run(x[None].astype(np.float32))[0]
     margin = max(candidates)
-    return {h: interior_error(run, x.astype(np.float32), whole, h, core, margin) for h in candidates}
+    margin += -margin % align
+    return {h: interior_error(run, x.astype(np.float32), whole, h, core, margin, align) for h in candidates}
 
 
 def smallest_halo(errors: dict[int, float], tolerance: float) -> int | None:

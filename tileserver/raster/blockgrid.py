@@ -14,6 +14,11 @@ one per stage. Neighbouring blocks' outputs overlap (each computed once and
 cached); which block serves which pixel of a plane's own tiles is decided by
 the cores, the children's cores halved, which tile every plane. One axis at a
 time: the grid is the same along x and y.
+
+A stage with an input alignment ``a`` (one that subsamples its input on the 5X
+grid) gets windows that start on a multiple of ``a``: the window is widened to
+the left by up to ``a - 1`` pixels and by the rest on the right, so its length
+stays fixed, and the block's output is cut at ``offset``.
 """
 from __future__ import annotations
 
@@ -38,10 +43,14 @@ class Grid:
     margin: int
     halos: tuple[int, ...]
     fans: tuple[int, ...]
+    aligns: tuple[int, ...] = ()  # input alignment of the stage making plane p (empty: 1 for every stage)
     lengths: tuple[int, ...] = dataclasses.field(init=False)  # fixed span length per plane 1..n
 
     def __post_init__(self) -> None:
         n = len(self.halos)
+        object.__setattr__(self, "aligns", tuple(self.aligns) or (1,) * n)
+        if len(self.aligns) != n or any(a < 1 or a & (a - 1) for a in self.aligns):
+            raise ValueError(f"{n} stages need {n} input alignments, each a power of two")
         if self.stride < 2 or self.stride % 2 or self.margin < 0 or self.margin % 2:
             raise ValueError("block stride must be even and >= 2, the margin even and >= 0")
         if n < 1 or len(self.fans) != n - 1 or min(self.fans, default=1) < 1 or min(self.halos) < 0:
@@ -86,9 +95,15 @@ class Grid:
         return start, start + self.lengths[p - 1]
 
     def window(self, p: int, b: int) -> Span:
-        """Input window on plane ``p - 1`` of block ``b`` of plane ``p``, halo included."""
-        start, end = self.span(p, b)
-        return start // 2 - self.halos[p - 1], end // 2 + self.halos[p - 1]
+        """Input window on plane ``p - 1`` of block ``b`` of plane ``p``, halo included, starting on a
+        multiple of the stage's alignment (of fixed length ``input_side(p)``)."""
+        start = self.span(p, b)[0] // 2 - self.halos[p - 1]
+        start -= start % self.aligns[p - 1]
+        return start, start + self.input_side(p)
+
+    def offset(self, p: int, b: int) -> int:
+        """Where block ``b``'s span starts in the stage's output for its window (2 × halo when unaligned)."""
+        return self.span(p, b)[0] - 2 * self.window(p, b)[0]
 
     def parent(self, p: int, b: int) -> int:
         """The block of plane ``p - 1`` (p >= 2) whose span holds block ``b``'s whole input window."""
@@ -96,7 +111,7 @@ class Grid:
 
     def input_side(self, p: int) -> int:
         """Side of the fixed input of every block of plane ``p`` (the stage's one shape)."""
-        return self.lengths[p - 1] // 2 + 2 * self.halos[p - 1]
+        return self.lengths[p - 1] // 2 + 2 * self.halos[p - 1] + self.aligns[p - 1] - 1
 
     def serving(self, p: int, start: int, end: int) -> Span:
         """Blocks [first, last] that serve [start, end) of plane ``p``: pixel x comes from

@@ -148,7 +148,6 @@ class SynthesizedPlane:
     def __init__(self, key: Hashable, index: int, below: Plane, stage: Stage, grid: Grid, cache: Cache,
                  flights: SingleFlight):
         self.key, self.index, self.below, self.stage, self.grid = key, index, below, stage, grid
-        self.halo = grid.halos[index - 1]
         self.size = (below.size[0] * 2, below.size[1] * 2)
         self.cache, self.flights = cache, flights
 
@@ -169,11 +168,10 @@ class SynthesizedPlane:
         return read_padded(below, wx0, wy0, wx1, wy1)
 
     def _compute(self, key: Hashable, bx: int, by: int) -> Block:
-        h, p = self.halo, self.index
-        out = self.stage(self._input(bx, by))
-        if h:
-            out = out[2 * h:-2 * h, 2 * h:-2 * h]
+        p = self.index
+        ox, oy = self.grid.offset(p, bx), self.grid.offset(p, by)
         (sx0, sx1), (sy0, sy1) = self.grid.span(p, bx), self.grid.span(p, by)
+        out = self.stage(self._input(bx, by))[oy:oy + sy1 - sy0, ox:ox + sx1 - sx0]
         cx0, cx1 = g.clip_span(sx0, sx1, self.size[0])
         cy0, cy1 = g.clip_span(sy0, sy1, self.size[1])
         pixels = np.ascontiguousarray(out[cy0 - sy0:cy1 - sy0, cx0 - sx0:cx1 - sx0])

@@ -101,8 +101,9 @@ class TileService:
         self.blocks = ByteLRU("blocks", budget - self.tiles.max_bytes)
         self.flights = SingleFlight()
         self.grids = {b.name: Grid(g.block_stride(s.tile_size), g.block_margin(s.overlap),
-                                   tuple(b.stage_halo(k) for k in range(b.stages)), default_fans(b.stages))
-                      for b in bundles}  # one stride and margin (the tiles), each model's own halos
+                                   tuple(b.stage_halo(k) for k in range(b.stages)), default_fans(b.stages),
+                                   tuple(b.stage_alignment(k) for k in range(b.stages)))
+                      for b in bundles}  # one stride and margin (the tiles), each model's own halos and alignments
         self.grid = self.grids[self.bundle.name]
         self.stride, self.margin = self.grid.stride, self.grid.margin  # the top blocks' side: IIIF's tile size
         self.shared = self._share() if s.redis else None
@@ -148,7 +149,8 @@ class TileService:
         halos = ",".join(str(b.stage_halo(k)) for k in range(b.stages))
         self.tiles = shared.tier(self.tiles)
         fans = ",".join(map(str, self.grid.fans))  # the stage-aligned grid: blocks of another grid never match
-        self.blocks = shared.tier(self.blocks, grid=f":grid={self.stride},{self.margin},{halos},fans={fans}")
+        aligns = "" if set(self.grid.aligns) == {1} else ",aligns=" + ",".join(map(str, self.grid.aligns))
+        self.blocks = shared.tier(self.blocks, grid=f":grid={self.stride},{self.margin},{halos},fans={fans}{aligns}")
         self.flights = shared.flight(self.flights, self.blocks)
         return shared
 
