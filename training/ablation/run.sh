@@ -7,6 +7,7 @@
 set -euo pipefail
 STEPS=${1:-1200}
 OUT=${2:-runs/ablation}
+shift $(( $# < 2 ? $# : 2 ))  # the rest: --set overrides for the last run (e-capacity)
 PY=${PY:-.venv/bin/python}
 CFG=training/configs/faithful.yaml
 LITE=(--set 'model.features=32' --set 'model.growth=16' --set 'model.blocks=1')
