@@ -1,10 +1,9 @@
 """Helpers for the IIIF tests: the validator's test image, made from the validator's own colour table,
-and a waitress server on a free port in a thread."""
+(the test server is in served.py)."""
 from __future__ import annotations
 
 import ast
 import importlib.util
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -37,21 +36,3 @@ def write_validator_slide(folder: Path) -> Path:
     path = folder / f"{VALIDATOR_ID}.png"
     Image.fromarray(validator_image()).save(path)
     return path
-
-
-class Served:
-    """An app on waitress at 127.0.0.1:<free port>, in a daemon thread."""
-
-    def __init__(self, app, threads: int = 6):
-        from waitress import create_server
-
-        self.app = app
-        self.srv = create_server(app, host="127.0.0.1", port=0, threads=threads)
-        self.port = self.srv.effective_port
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.thread = threading.Thread(target=self.srv.run, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.srv.close()
-        self.app.extensions["tileserver"].close()

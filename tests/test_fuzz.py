@@ -10,7 +10,7 @@ import urllib.parse
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 
-from iiif_support import Served
+from served import Served
 
 REQUESTS = 10_000
 PER_EXAMPLE = 10

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from conftest import missing
-from iiif_support import Served
+from served import Served
 from tileserver.web.deepzoom import pyramid
 
 VIEWER = Path(__file__).resolve().parents[1] / "viewer"

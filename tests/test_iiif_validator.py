@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from conftest import missing
-from iiif_support import VALIDATOR_ID, Served, write_validator_slide
+from iiif_support import VALIDATOR_ID, write_validator_slide
+from served import Served
 
 
 def validator_script() -> Path:

@@ -7,12 +7,12 @@ canvas label says the pixels are synthesized. Screenshots of each mode at 40X be
 written to the test's folder (and to $MODES_SCREENSHOTS when set)."""
 import os
 import shutil
-import threading
 from pathlib import Path
 
 import pytest
 
 from conftest import missing
+from served import Served
 
 VIEWER = Path(__file__).resolve().parents[1] / "viewer"
 SLIDE = "CMU-1-Small-Region.5x"
@@ -22,8 +22,6 @@ LOADED = "msrViewer.world.getItemCount() === 1 && msrViewer.world.getItemAt(0).g
 
 @pytest.fixture()
 def server(bundle, realistic_bundle, demo_dir, slide_dir, tmp_path):
-    from waitress import create_server
-
     from tileserver.settings import Settings
     from tileserver.web.app import create_app
 
@@ -34,12 +32,9 @@ def server(bundle, realistic_bundle, demo_dir, slide_dir, tmp_path):
     shutil.copytree(demo_dir, slides)
     shutil.copy(slide_dir / "he5x.tif", slides)
     app = create_app(Settings(slide_dir=slides, model=bundle, models=(realistic_bundle,), device="cpu", cache_mb=256))
-    srv = create_server(app, host="127.0.0.1", port=0, threads=6)
-    threading.Thread(target=srv.run, daemon=True).start()
-    yield f"http://127.0.0.1:{srv.effective_port}", app.extensions["tileserver"]
-    srv.close()
-    srv.task_dispatcher.shutdown(cancel_pending=True, timeout=60)  # requests still reading the slide finish first
-    app.extensions["tileserver"].close()
+    served = Served(app)
+    yield served.url, app.extensions["tileserver"]
+    served.close()  # requests still reading the slide finish first
 
 
 def shoot(p, out: Path, name: str) -> None:

@@ -176,19 +176,16 @@ def test_a_tile_whose_client_left_is_dropped_before_its_model_run(bundle, slide_
     import http.client
     import socket
 
-    from waitress.server import create_server
-
+    from served import Served
     from tileserver.settings import Settings
     from tileserver.web.app import create_app
 
     app = create_app(Settings(slide_dir=slide_dir, model=bundle, device="cpu", threads=1, prefetch_blocks=0))
     svc = app.extensions["tileserver"]
-    server = create_server(app, host="127.0.0.1", port=0, threads=4, channel_request_lookahead=1)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
+    served = Served(app, threads=4, channel_request_lookahead=1)
     gate = threading.Event()
     try:
-        port = server.effective_port
+        port = served.port
         busy = svc.engine.queue.submit(None, lambda: gate.wait(30))  # the model is busy
         until(lambda: not svc.engine.queue.depth(), "the busy job started")
         sock = socket.create_connection(("127.0.0.1", port))
@@ -209,9 +206,7 @@ def test_a_tile_whose_client_left_is_dropped_before_its_model_run(bundle, slide_
             conn.close()
     finally:
         gate.set()
-        server.task_dispatcher.shutdown()
-        server.close()
-        svc.close()
+        served.close()
 
 
 def test_a_follower_leads_again_when_the_work_it_joined_was_dropped():

@@ -3,12 +3,12 @@ zoom to 40X, tiles load, the model badge shows, B switches SR ↔ bicubic, no co
 a screenshot is saved (to $VIEWER_SCREENSHOT too when set)."""
 import os
 import shutil
-import threading
 from pathlib import Path
 
 import pytest
 
 from conftest import missing
+from served import Served
 from tileserver.web.deepzoom import pyramid
 
 VIEWER = Path(__file__).resolve().parents[1] / "viewer"
@@ -16,20 +16,15 @@ VIEWER = Path(__file__).resolve().parents[1] / "viewer"
 
 @pytest.fixture()
 def server(bundle, slide_dir):
-    from waitress import create_server
-
     from tileserver.settings import Settings
     from tileserver.web.app import create_app
 
     if not (VIEWER / "node_modules" / "openseadragon").is_dir():
         missing("OpenSeadragon is not installed (`make viewer`, or `npm ci` in viewer/)")
     app = create_app(Settings(slide_dir=slide_dir, model=bundle, device="cpu", cache_mb=64))
-    srv = create_server(app, host="127.0.0.1", port=0, threads=6)
-    t = threading.Thread(target=srv.run, daemon=True)
-    t.start()
-    yield f"http://127.0.0.1:{srv.effective_port}", app.extensions["tileserver"], app.extensions["metrics"]
-    srv.close()
-    app.extensions["tileserver"].close()
+    served = Served(app)
+    yield served.url, app.extensions["tileserver"], app.extensions["metrics"]
+    served.close()
 
 
 def test_viewer_zooms_to_40x_with_badge_and_bicubic_switch(server, page, tmp_path):
