@@ -132,6 +132,21 @@ def test_adversarial_and_perceptual_training_steps(tmp_path):
     assert state["discriminator"] is not None and state["d_optimizer"] is not None
 
 
+def test_band_energy_term_is_the_evaluated_band_ratio_per_image():
+    """The training term is the mean |log| of the band-energy ratio that evaluate.py reports, image by image."""
+    from training.losses import band_energy_loss
+    from training.metrics import band_power
+
+    rng = np.random.default_rng(1)
+    real = [(rng.random((48, 48, 3)) * 255).astype(np.uint8) for _ in range(2)]
+    fake = [np.clip(real[0] * 0.4 + 100, 0, 255).astype(np.uint8), real[1]]  # a flattened copy, an exact one
+    as_t = lambda imgs: torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 255
+    expected = np.mean([np.abs(np.log(band_power(f) / band_power(r))).mean() for f, r in zip(fake, real)])
+    got = band_energy_loss(as_t(fake), as_t(real)).item()
+    assert got > 0.5 and abs(got - expected) < 1e-3 * expected
+    assert band_energy_loss(as_t(real), as_t(real)).item() < 1e-6
+
+
 def test_texture_and_consistency_terms():
     from tileserver.degrade import degrade
     from training.losses import consistency_loss, degrade_torch, spectrum_loss
@@ -214,3 +229,12 @@ def test_only_the_named_stages_train():
     assert not torch.equal(model.stages[2].head.weight, before[2])
     with pytest.raises(ConfigError, match="train_stages"):
         trainable(model, [4])
+
+
+def test_a_log_with_old_columns_is_rewritten_with_its_rows_kept(tmp_path):
+    from training.train import write_log_row
+
+    log = tmp_path / "log.csv"
+    log.write_text("step,loss\n150,0.5\n")
+    write_log_row(log, ["step", "loss", "band_energy"], {"step": 300, "loss": 0.4, "band_energy": 0.2})
+    assert log.read_text().splitlines() == ["step,loss,band_energy", "150,0.5,", "300,0.4,0.2"]

@@ -26,6 +26,7 @@ class LossWeights:
     feature_match: float = 0.0  # L1 between discriminator features of real and generated 40X
     consistency: float = 0.0  # L1 between the 40X output degraded back to 5X and the 5X input
     spectrum: float = 0.0  # L1 between log amplitude spectra of generated and real 40X (phase-free texture term)
+    band_energy: float = 0.0  # |log| of the 40X luma band-energy ratio per image and octave (what evaluate.py reports)
 
 
 def ssim_loss(sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
@@ -43,6 +44,32 @@ def spectrum_loss(sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
     a = torch.fft.rfft2(sr.float(), norm="ortho").abs()
     b = torch.fft.rfft2(hr.float(), norm="ortho").abs()
     return F.l1_loss(torch.log1p(255 * a), torch.log1p(255 * b))
+
+
+def band_energy_loss(sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
+    """Mean over images and the octaves of ``training.metrics.BANDS`` of |log(band power of sr / of hr)|,
+    on mean-removed, Hann-windowed BT.601 luma as ``band_power`` measures it. Each octave counts alike and
+    each image against its own real 40X, so the amount of texture follows the tissue (a frozen section
+    has less fine detail than a paraffin one) instead of one amount for all."""
+    from training.metrics import BANDS
+
+    def luma(x: torch.Tensor) -> torch.Tensor:
+        y = (65.738 * x[:, 0] + 129.057 * x[:, 1] + 25.064 * x[:, 2]) / 255.0
+        return y - y.mean(dim=(-2, -1), keepdim=True)
+
+    h, w = sr.shape[-2:]
+    window = torch.outer(torch.hann_window(h, periodic=False, device=sr.device),
+                         torch.hann_window(w, periodic=False, device=sr.device))
+    radius = torch.hypot(*torch.meshgrid(torch.fft.fftfreq(h, device=sr.device), torch.fft.fftfreq(w, device=sr.device),
+                                         indexing="ij"))
+    power_sr = torch.fft.fft2(luma(sr.float()) * window).abs() ** 2
+    power_hr = torch.fft.fft2(luma(hr.float()) * window).abs() ** 2
+    terms = []
+    for lo, hi in BANDS:
+        mask = ((radius >= lo) & (radius < hi)).to(power_sr.dtype)
+        e_sr, e_hr = (power_sr * mask).sum((-2, -1)), (power_hr * mask).sum((-2, -1))
+        terms.append((torch.log(e_sr + 1e-6) - torch.log(e_hr + 1e-6)).abs())
+    return torch.stack(terms).mean()
 
 
 _DOWN = BicubicDown2()
@@ -110,6 +137,8 @@ class GeneratorLoss(torch.nn.Module):
                 add("feature_match", fm, self.w.feature_match)
         if self.w.spectrum:
             add("spectrum", spectrum_loss(outputs[-1], targets[-1]), self.w.spectrum)
+        if self.w.band_energy:
+            add("band_energy", band_energy_loss(outputs[-1], targets[-1]), self.w.band_energy)
         if self.w.consistency:
             if lr5 is None:
                 raise ValueError("the consistency term needs the 5X input")

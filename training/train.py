@@ -29,6 +29,7 @@ from training.curves import plot_curves
 from training.data import BatchSampler, DataError, Dataset, SourceSpec, build_dataset, curriculum_threshold, load_rgb, scale_levels
 from training.losses import GeneratorLoss, discriminator_loss
 from tileserver.degrade import degrade
+from tileserver.files import write_atomically
 from training.metrics import SCALE_NAMES, band_power, bicubic_up, psnr, to_y
 from training.model import MultiScaleGenerator, PatchDiscriminator, VGGFeatures, VGGWeightsMissing, describe
 from training.upscale import torch_upscaler
@@ -101,7 +102,7 @@ class ValidationSet:
 
 
 LOG_FIELDS = ["step", "epoch", "lr", "loss", "l1", "ssim", "fft", "perceptual", "adversarial", "feature_match",
-              "spectrum", "consistency", "d_loss", *[f"val_psnr_y_{s}" for s in SCALE_NAMES], "val_psnr_y_mean", *[f"val_40X_band{b}" for b in range(4)], "val_consistency", "threshold", "seconds"]
+              "spectrum", "band_energy", "consistency", "d_loss", *[f"val_psnr_y_{s}" for s in SCALE_NAMES], "val_psnr_y_mean", *[f"val_40X_band{b}" for b in range(4)], "val_consistency", "threshold", "seconds"]
 
 
 def trainable(model: MultiScaleGenerator, stages: list[int]) -> list[torch.nn.Parameter]:
@@ -202,6 +203,19 @@ def log_fields(labs: list[str]) -> list[str]:
 
 
 def write_log_row(path: Path, fields: list[str], row: dict) -> None:
+    """Append ``row``; a log written with other columns (a run resumed by newer code) is first
+    rewritten, atomically, with ``fields`` and its old rows kept."""
+    if path.exists():
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            old_rows = list(reader) if reader.fieldnames != fields else None
+        if old_rows is not None:
+            def rewrite(tmp: Path) -> None:
+                with open(tmp, "w", newline="") as f:
+                    w = csv.DictWriter(f, fields)
+                    w.writeheader()
+                    w.writerows({k: r.get(k, "") for k in fields} for r in old_rows)
+            write_atomically(path, rewrite)
     new = not path.exists()
     with open(path, "a", newline="") as f:
         w = csv.DictWriter(f, fields)
