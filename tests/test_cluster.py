@@ -6,6 +6,7 @@ each starts cold. Counts come from the replicas' /metrics (``tileserver_inferenc
 forward passes, one block each on a CPU)."""
 from __future__ import annotations
 
+import contextlib
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -124,18 +125,27 @@ def test_nginx_keeps_each_slide_on_one_replica(cluster):
             assert status == 200 and headers["X-Upstream"] == f"127.0.0.1:{home.port}", path
 
 
+@contextlib.contextmanager
+def fetching_in_background(url: str, paths: list[str]):
+    """Fetch ``paths`` from a background thread; the body runs once a third of them are done. On
+    leaving, the fetch has finished and the yielded list holds its failures."""
+    third_done, result, failures = threading.Event(), {}, []
+    t = threading.Thread(target=lambda: result.__setitem__("failures", fetch_all(
+        url, paths, on_done=lambda n: n >= len(paths) // 3 and third_done.set())))
+    t.start()
+    assert third_done.wait(600), "a third of the tiles in 600 s"
+    yield failures
+    t.join(600)
+    assert "failures" in result, "the background fetch did not finish"
+    failures.extend(result["failures"])
+
+
 def test_redis_killed_mid_run_costs_no_request_and_comes_back(cluster):
     reps, ng, redis = cluster["replicas"], cluster["nginx"], cluster["redis"]
     paths = viewport_tiles(cluster["slides"], cluster["bundle"], "two")
-    third_done = threading.Event()
-    runner = {}
-    t = threading.Thread(target=lambda: runner.__setitem__(
-        "failures", fetch_all(ng.url, paths, on_done=lambda n: n >= len(paths) // 3 and third_done.set())))
-    t.start()
-    assert third_done.wait(600)
-    redis.kill()
-    t.join(600)
-    assert runner["failures"] == []
+    with fetching_in_background(ng.url, paths) as failures:
+        redis.kill()
+    assert failures == []
     for r in reps:
         h = r.healthz()
         assert h["status"] == "degraded" and h["shared_cache"]["state"] == "degraded", h
@@ -156,15 +166,9 @@ def test_a_replica_killed_mid_run_costs_no_request(cluster):
     paths = viewport_tiles(cluster["slides"], cluster["bundle"], "three")
     home = upstream_of(cluster, "three")
     stay = {sid: r for sid in ("one", "two") if (r := upstream_of(cluster, sid)) is not home}
-    third_done = threading.Event()
-    runner = {}
-    t = threading.Thread(target=lambda: runner.__setitem__(
-        "failures", fetch_all(ng.url, paths, on_done=lambda n: n >= len(paths) // 3 and third_done.set())))
-    t.start()
-    assert third_done.wait(600)
-    home.proc.kill()
-    t.join(600)
-    assert runner["failures"] == []
+    with fetching_in_background(ng.url, paths) as failures:
+        home.proc.kill()
+    assert failures == []
     assert upstream_of(cluster, "three") is not home
     for sid, r in stay.items():  # consistent hashing: only the dead replica's slides moved
         assert upstream_of(cluster, sid) is r

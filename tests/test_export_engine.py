@@ -100,7 +100,7 @@ def test_batched_blocks_equal_single_runs(bundle):
         single = [e.run(2, b) for b in blocks]
         gate = threading.Event()
         e.queue.submit(None, lambda: gate.wait(10))  # hold the worker so the six queue up
-        futs = [e.queue.submit((2, (3, 20, 20)), eng.to_float(b)) for b in blocks]
+        futs = [e.queue.submit((e, 2, (3, 20, 20)), eng.to_float(b)) for b in blocks]
         batches = e.queue.batches
         gate.set()
         out = [f.result(10) for f in futs]

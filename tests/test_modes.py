@@ -73,6 +73,21 @@ def test_each_mode_has_its_own_tiles_headers_etags_and_cache_keys(two_model_app)
     assert c.get("/dzi-bicubic/" + tile).headers["ETag"] == got["bicubic"].headers["ETag"]
 
 
+def test_the_models_share_one_device_queue(two_model_app):
+    """One model run at a time on the device whichever model asks, so prefetch of the default model
+    sees every model's interactive work; each model's runs go to its own sessions."""
+    svc = two_model_app.extensions["tileserver"]
+    realistic = svc.engines[svc.modes[REALISTIC].bundle.name]
+    assert realistic is not svc.engine and realistic.queue is svc.engine.queue
+    from tileserver.web.deepzoom import pyramid
+
+    top = pyramid(svc, "he5x").top
+    before, jobs = list(realistic.runs), svc.engine.queue.interactive_jobs
+    assert two_model_app.test_client().get(f"/m/{REALISTIC}/dzi/he5x_files/{top}/1_1.jpeg").status_code == 200
+    assert [a - b for a, b in zip(realistic.runs, before)] == [1, 1, 1]  # one chain, on the realistic sessions
+    assert svc.engine.queue.interactive_jobs == jobs + 3
+
+
 def test_iiif_image_service_per_mode_and_manifest_choice(two_model_app):
     svc = two_model_app.extensions["tileserver"]
     c = two_model_app.test_client()

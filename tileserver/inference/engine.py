@@ -131,8 +131,15 @@ def to_uint8(y: np.ndarray) -> np.ndarray:
 StageTimer = Callable[[int, float], None]
 
 
+def _run_engine_batch(key: tuple, xs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """The device queue's batch runner: a key is (engine, stage, block shape), so models share a queue."""
+    return key[0]._run_batch(key[1], xs)
+
+
 class Engine:
-    """One session per stage on one device; ``run(stage, blocks)`` goes through the queue."""
+    """One session per stage on one device; ``run(stage, blocks)`` goes through the device queue, which
+    several engines (the models of one server) share: one model run at a time on the device, and
+    interactive work of any model goes before prefetch of every model."""
 
     def __init__(
         self,
@@ -142,6 +149,7 @@ class Engine:
         queue_size: int = 32,
         on_run: StageTimer | None = None,
         max_batch: int | None = None,
+        queue: WorkQueue | None = None,
     ):
         self.bundle = bundle
         self.device = device
@@ -152,7 +160,8 @@ class Engine:
         gpu = self.provider.startswith("CUDA")
         # batching pays on a GPU; on a CPU one block already keeps every core busy
         self.max_batch = max_batch or (8 if gpu else 1)
-        self.queue = WorkQueue(f"infer-{'cuda' if gpu else 'cpu'}", self._run_batch, queue_size, self.max_batch)
+        self._owns_queue = queue is None  # the engine that made the queue closes it
+        self.queue = queue or WorkQueue(f"infer-{'cuda' if gpu else 'cpu'}", _run_engine_batch, queue_size, self.max_batch)
         self.on_run = on_run
         self._lock = threading.Lock()
         self.runs = [0] * len(self.sessions)  # forward passes per stage (blocks, not batches)
@@ -177,10 +186,10 @@ class Engine:
         """Through the device queue: (N,H,W,3) uint8 → (N,2H,2W,3) uint8 (raises QueueFull).
         Blocks of one stage and shape waiting together run as one batch."""
         x = to_float(blocks)
-        return self.queue.run((stage, x.shape[1:]), x)
+        return self.queue.run((self, stage, x.shape[1:]), x)
 
-    def _run_batch(self, key: tuple, xs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        y = to_uint8(self.run_float(key[0], xs[0] if len(xs) == 1 else np.concatenate(xs)))
+    def _run_batch(self, stage: int, xs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        y = to_uint8(self.run_float(stage, xs[0] if len(xs) == 1 else np.concatenate(xs)))
         bounds = np.cumsum([0] + [len(x) for x in xs])
         return [y[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
@@ -190,5 +199,6 @@ class Engine:
             self.sessions[k].run(None, {self.input_names[k]: np.zeros((1, 3, *shape), np.float32)})
 
     def close(self) -> None:
-        self.queue.close()
+        if self._owns_queue:
+            self.queue.close()
 

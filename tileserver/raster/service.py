@@ -92,8 +92,10 @@ class TileService:
         # work that needs the model, and heavy renders, pass a gate: never every HTTP thread (cache hits need one)
         self.model_gate = Gate("requests using the model", s.model_requests, 0, s.retry_after)
         self.heavy_gate = Gate("heavy IIIF renders", s.heavy_renders, s.heavy_renders, s.retry_after)
-        self.engines = {b.name: Engine(b, s.device, s.threads, s.queue_size, on_run=on_inference) for b in bundles}
-        self.engine = self.engines[self.bundle.name]
+        self.engine = Engine(self.bundle, s.device, s.threads, s.queue_size, on_run=on_inference)
+        self.engines = {b.name: Engine(b, s.device, s.threads, s.queue_size, on_run=on_inference, queue=self.engine.queue)
+                        for b in bundles[1:]}  # every model through the default one's device queue
+        self.engines = {self.bundle.name: self.engine, **self.engines}
         self.catalog = Catalog(s.slide_dir, self.bundle.input_mpp, s.assume_mpp, s.follow_symlinks, s.slide_retry,
                                on_slide_error)
         budget = int(s.cache_mb * 2**20)
@@ -110,7 +112,7 @@ class TileService:
         self._rasters: dict[tuple[str, str], tuple[str, SlideRasters]] = {}  # (slide, model) -> (stamp, planes)
         self._lock = threading.Lock()
         self.prefetch = Prefetcher(self.engine.queue, lambda sid: self._rasters_of(sid, self.bundle), s.prefetch_blocks,
-                                   int(s.prefetch_mb * 2**20))  # the default model's blocks
+                                   int(s.prefetch_mb * 2**20))  # the default model's blocks, while no model has work
         if s.warm_up:
             for name, engine in self.engines.items():
                 engine.warm_up(self.block_shapes_of(self.grids[name]))
@@ -156,7 +158,7 @@ class TileService:
 
     def close(self) -> None:
         self.prefetch.close()
-        for engine in self.engines.values():
+        for engine in reversed(self.engines.values()):  # the default engine, owner of the queue, last
             engine.close()
         self.catalog.close()
         if self.shared:

@@ -150,7 +150,7 @@ def healthz():
     return jsonify({"status": "degraded" if degraded else "ok", "model": svc.bundle.model_id,
                     "models": [m.model_id for m in svc.model_modes], "provider": svc.engine.provider,
                     "provider_note": svc.engine.note, "slides": len(svc.slides()), "slide_problems": health,
-                    "queue_depth": sum(e.queue.depth() for e in svc.engines.values()), "shared_cache": shared,
+                    "queue_depth": svc.engine.queue.depth(), "shared_cache": shared,
                     "model_requests": svc.model_gate.stats(), "heavy_renders": svc.heavy_gate.stats()})
 
 

@@ -22,7 +22,7 @@ def create_app(settings: Settings | Mapping[str, Any] | None = None) -> Flask:
     metrics = Metrics()
     svc = TileService(s, on_inference=metrics.on_inference,
                       on_slide_error=lambda sid: metrics.slide_errors.labels(slide=sid).inc())
-    metrics.watch([svc.blocks, svc.tiles], lambda: sum(e.queue.depth() for e in svc.engines.values()))
+    metrics.watch([svc.blocks, svc.tiles], lambda: svc.engine.queue.depth())
     metrics.watch_work(svc.work_stats)
     if svc.shared:
         metrics.watch_shared(svc.shared.stats)
