@@ -107,8 +107,10 @@ def test_healthz_and_metrics(client):
     client.get("/dzi/he5x_files/10/0_0.jpeg")
     client.get("/dzi/he5x_files/10/0_0.jpeg")
     text = client.get("/metrics").data.decode()
-    for needle in ('tileserver_tiles_total{kind="synthesized",level="10"} 2.0', 'tileserver_cache_hits_total{cache="tiles"} 1.0',
-                   'tileserver_inference_seconds_count{stage="3"}', 'tileserver_cache_bytes{cache="blocks"}',
+    model = client.application.extensions["tileserver"].bundle.model_id
+    for needle in (f'tileserver_tiles_total{{kind="synthesized",level="10",model="{model}"}} 2.0',
+                   'tileserver_cache_hits_total{cache="tiles"} 1.0',
+                   f'tileserver_inference_seconds_count{{model="{model}",stage="3"}}', 'tileserver_cache_bytes{cache="blocks"}',
                    "tileserver_inference_queue_depth 0.0", 'provider="CPUExecutionProvider"'):
         assert needle in text
 

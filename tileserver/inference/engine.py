@@ -128,7 +128,7 @@ def to_uint8(y: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(y, 0.0, 1.0) * np.float32(255)).astype(np.uint8).transpose(0, 2, 3, 1)
 
 
-StageTimer = Callable[[int, float], None]
+StageTimer = Callable[[str, int, float], None]  # (model id, stage from 0, seconds)
 
 
 def _run_engine_batch(key: tuple, xs: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -179,7 +179,7 @@ class Engine:
         with self._lock:
             self.runs[stage] += x.shape[0]
         if self.on_run:
-            self.on_run(stage, dt)
+            self.on_run(self.bundle.model_id, stage, dt)
         return y
 
     def run(self, stage: int, blocks: np.ndarray) -> np.ndarray:

@@ -44,7 +44,7 @@ def tile_response(slide_files: str, level: str, tile: str, mode: str) -> Respons
         t0 = time.perf_counter()
         t = svc.tile(ref)
         m = metrics()
-        m.tiles.labels(level=str(req.level), kind=t.kind).inc()
+        m.tiles.labels(level=str(req.level), kind=t.kind, model=ref.model or "").inc()
         m.tile_seconds.labels(kind=t.kind, cached=str(t.cached).lower()).observe(time.perf_counter() - t0)
         return Response(t.body, mimetype=t.mimetype)
 

@@ -83,10 +83,10 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.tiles = Counter("tileserver_tiles", "tiles served", ["level", "kind"], registry=r)
+        self.tiles = Counter("tileserver_tiles", "tiles served", ["level", "kind", "model"], registry=r)
         self.tile_seconds = Histogram("tileserver_tile_seconds", "time to answer a tile", ["kind", "cached"],
                                       buckets=LATENCY_BUCKETS, registry=r)
-        self.inference = Histogram("tileserver_inference_seconds", "one forward pass of one stage", ["stage"],
+        self.inference = Histogram("tileserver_inference_seconds", "one forward pass of one stage", ["model", "stage"],
                                    buckets=LATENCY_BUCKETS, registry=r)
         self.rejected = Counter("tileserver_busy_responses", "503 answers: model queue or heavy renders full, or a "
                                 "slide unavailable", registry=r)
@@ -107,5 +107,5 @@ class Metrics:
     def watch_shared(self, stats: Callable[[], dict]) -> None:
         self.registry.register(_SharedCollector(stats))
 
-    def on_inference(self, stage: int, seconds: float) -> None:
-        self.inference.labels(stage=str(stage + 1)).observe(seconds)
+    def on_inference(self, model: str, stage: int, seconds: float) -> None:
+        self.inference.labels(model=model, stage=str(stage + 1)).observe(seconds)
