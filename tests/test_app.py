@@ -157,7 +157,8 @@ def test_caches_stay_within_budget(bundle, slide_dir):
         svc.close()
 
 
-def test_full_queue_answers_503(bundle, slide_dir):
+@pytest.mark.parametrize("url", ["/dzi/he5x_files/10/0_0.jpeg", "/iiif/3/he5x/0,0,254,254/254,254/0/default.jpg"])
+def test_full_queue_answers_503(bundle, slide_dir, url):
     from tileserver.settings import Settings
     from tileserver.web.app import create_app
 
@@ -168,7 +169,7 @@ def test_full_queue_answers_503(bundle, slide_dir):
         svc.engine.queue.submit(None, lambda: (started.set(), gate.wait(60)))
         assert started.wait(60)  # the worker is busy
         svc.engine.queue.submit(None, lambda: None)  # the queue is full
-        r = app.test_client().get("/dzi/he5x_files/10/0_0.jpeg")
+        r = app.test_client().get(url)
         assert r.status_code == 503 and r.headers["Retry-After"] == "2" and b"busy" in r.data
     finally:
         gate.set()

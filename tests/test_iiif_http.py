@@ -2,7 +2,6 @@
 errors and their statuses, identifiers confined to the catalog, the shared block cache with Deep Zoom,
 and the per-request synthesis budget (refused before the model runs)."""
 import io
-import threading
 
 import numpy as np
 import pytest
@@ -162,24 +161,6 @@ def test_errors(client, url, status, parameter):
 
 def test_escaped_identifier_is_decoded(client):
     assert client.get("/iiif/3/he%35x/info.json").json["id"] == "http://localhost/iiif/3/he5x"
-
-
-def test_full_queue_answers_503(bundle, slide_dir):
-    from tileserver.settings import Settings
-    from tileserver.web.app import create_app
-
-    app = create_app(Settings(slide_dir=slide_dir, model=bundle, device="cpu", queue_size=1))
-    svc = app.extensions["tileserver"]
-    started, gate = threading.Event(), threading.Event()
-    try:
-        svc.engine.queue.submit(None, lambda: (started.set(), gate.wait(60)))
-        assert started.wait(60)  # the worker is busy
-        svc.engine.queue.submit(None, lambda: None)  # the queue is full
-        r = app.test_client().get("/iiif/3/he5x/0,0,254,254/254,254/0/default.jpg")
-        assert r.status_code == 503 and r.headers["Retry-After"] == "2"
-    finally:
-        gate.set()
-        svc.close()
 
 
 # -- pixels: the same blocks as Deep Zoom ------------------------------------------------------------------
