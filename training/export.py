@@ -276,6 +276,7 @@ def manifest_for(meta: dict, checkpoint: Path, stages: list[dict], img_source: s
         "parity": {"max_abs_diff": max(s["parity"] for s in stages), "tolerance": PARITY_TOLERANCE,
                    "image": Path(img_source).name},
         "kind": cfg.get("kind", "faithful"),
+        **({"fine_tuned_from": meta["init"]} if meta.get("init") else {}),  # the run whose weights it started from
         "losses": losses_of(cfg),
         "training_data": data["summary"],
         "training_sources": data["sources"],
