@@ -4,6 +4,7 @@ the priority queue and idle prefetch (issue 14).
 - ``grid_table``: pure pixel accounting (no model run): the input pixels the model reads for one cold 40X
   tile and for cold 1920×1080 viewports at 40X, 20X and 10X, on the block grid of the main code before
   this change and on stage-aligned grids with different fans; the server's grid was chosen from it.
+  ``screen_floor``: the least a 40X screen can read with tile-sized top blocks.
 - ``cold_ratio``: a cold 40X tile (HTTP, p50) against one last-stage block run in the same server process
   (the mean of its own ``tileserver_inference_seconds{stage="3"}``).
 - ``session``: a scripted viewer: a 1920×1080 screen at 20X, panned, a pause, then a zoom to 40X at the
@@ -16,7 +17,7 @@ import statistics
 import time
 
 from tileserver.raster import geometry as g
-from tileserver.raster.blockgrid import Grid
+from tileserver.raster.blockgrid import Grid, default_fans
 
 FAN_CHOICES = [(1, 1), (2, 1), (1, 2), (2, 2)]  # (fan of 10X, fan of 20X) blocks: children per axis above
 
@@ -92,6 +93,28 @@ def grid_table(halos: tuple[int, ...], tile: int = 254, overlap: int = 1, vw: in
                 row[name_] += cost(p, _screen(level, cx >> (top - p), cy >> (top - p), vw, vh, tile)) / 8
         rows.append(row)
     return rows
+
+
+def screen_floor(halos: tuple[int, ...], tile: int = 254, overlap: int = 1, vw: int = 1920, vh: int = 1080) -> dict:
+    """Bounds for a cold 40X screen on the served grid, in input pixels (thousands, averaged like
+    ``grid_table``): its top blocks alone, and those plus each lower plane computed as one window over the
+    whole screen (the least any grid with tile-sized top blocks can read)."""
+    s, m, top = g.block_stride(tile), g.block_margin(overlap), len(halos)
+    grid = Grid(s, m, halos, default_fans(top))
+    tops = merged = 0.0
+    for k in range(8):
+        size = (40000, 30000)
+        cx, cy = 20000 + 37 * k * 7, 15000 + 53 * k * 5
+        blocks: set = set()
+        for r in _screen(size, cx, cy, vw, vh, tile):
+            blocks |= _new_blocks(grid, top, r)[top]
+        tops += len(blocks) * grid.input_side(top) ** 2 / 1000 / 8
+        xs, ys = sorted({b[0] for b in blocks}), sorted({b[1] for b in blocks})
+        side = [grid.window(top, xs[-1])[1] - grid.window(top, xs[0])[0], grid.window(top, ys[-1])[1] - grid.window(top, ys[0])[0]]
+        for p in range(top - 1, 0, -1):  # the window on plane p - 1 of one block covering the whole screen on plane p
+            side = [a // 2 + 2 * halos[p - 1] for a in side]
+            merged += side[0] * side[1] / 1000 / 8
+    return {"top_blocks": tops, "one_window_below": tops + merged}
 
 
 def format_grid_table(rows: list[dict], last_stage_kpx: float) -> str:
@@ -205,7 +228,7 @@ def measure(args, server, client_cls, fetch, spread, viewport) -> dict:
     bundle = load_bundle(args.model)
     halos = tuple(bundle.stage_halo(k) for k in range(bundle.stages))
     vw, vh = (int(v) for v in args.viewport.split("x"))
-    out: dict = {"viewport": args.viewport, "grids": grid_table(halos), "last_stage_kpx": ((254 + 4) // 2 + 2 * halos[-1]) ** 2 / 1000, "runs": []}
+    out: dict = {"viewport": args.viewport, "grids": grid_table(halos), "floor": screen_floor(halos), "last_stage_kpx": ((254 + 4) // 2 + 2 * halos[-1]) ** 2 / 1000, "runs": []}
     codes = [("this", None, ("--prefetch-blocks", "0"))] + ([("main", args.baseline, ())] if args.baseline else [])
     for rnd in range(args.repeat):
         for name, root, extra in codes:
@@ -246,7 +269,12 @@ def measure(args, server, client_cls, fetch, spread, viewport) -> dict:
 
 
 def format_measure(r: dict) -> str:
-    lines = [format_grid_table(r["grids"], r["last_stage_kpx"]), "measured (same run; 'this' with prefetch off):"]
+    old, f = r["grids"][0]["40X screen"], r["floor"]
+    lines = [format_grid_table(r["grids"], r["last_stage_kpx"]),
+             f"a 40X screen on the served grid cannot read less than its top blocks, {f['top_blocks']:.0f} "
+             f"({f['top_blocks'] / old:.2f}x main), or with each lower plane as one window over the screen "
+             f"{f['one_window_below']:.0f} ({f['one_window_below'] / old:.2f}x main)",
+             "measured (same run; 'this' with prefetch off):"]
     for row in r["runs"]:
         a, v = row["ratio"], row["viewport"]
         batches = ", ".join(f"{n} block{'s' * (n > 1)}: {k} runs" for n, k in sorted(v["batches"].items())) or "not reported"

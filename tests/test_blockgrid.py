@@ -80,3 +80,18 @@ def test_chain_property(stride, margin, halos, data):
             for blk, lo, hi in gr.pieces(p, a, e):
                 s0, s1 = gr.span(p, blk)
                 assert s0 <= lo < hi <= s1
+
+
+def test_the_screen_floor_bounds_the_served_grid_from_below():
+    """benchmarks/chain.py's pixel accounting: a 40X screen's top blocks < one window per lower plane <
+    the served grid < the old grid (the README's argument for why 0.6x is out of reach)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import chain
+
+    halos = (8, 8, 4)
+    rows = {r["grid"]: r["40X screen"] for r in chain.grid_table(halos)}
+    floor = chain.screen_floor(halos)
+    assert floor["top_blocks"] < floor["one_window_below"] < rows["fans 10X=2, 20X=1"] < rows["main (tile grid)"]
