@@ -60,14 +60,14 @@ def test_viewer_zooms_to_40x_with_badge_and_bicubic_switch(server, page, tmp_pat
     if os.environ.get("VIEWER_SCREENSHOT"):
         shutil.copy(tmp_path / "viewer-40x.png", os.environ["VIEWER_SCREENSHOT"])
 
-    before = metrics.tiles.labels(level=str(top), kind="bicubic")._value.get()
+    before = metrics.tiles.labels(level=str(top), kind="bicubic", model="bicubic")._value.get()
     p.keyboard.press("b")
     p.wait_for_function("msrState().mode === 'bicubic'")
     p.wait_for_function("msrViewer.world.getItemCount() === 1 && msrViewer.world.getItemAt(0).source.tilesUrl.includes('/m/bicubic/dzi/')")
     p.wait_for_function("msrViewer.world.getItemAt(0).getFullyLoaded()", timeout=60_000)
     assert "Bicubic" in p.evaluate("msrState()")["badge"]
     p.wait_for_function("Math.abs(msrState().mag - 40) < 0.5")  # the switch keeps the place and magnification
-    assert metrics.tiles.labels(level=str(top), kind="bicubic")._value.get() > before
+    assert metrics.tiles.labels(level=str(top), kind="bicubic", model="bicubic")._value.get() > before
     p.keyboard.press("b")
     p.wait_for_function("msrState().mode === 'sr'")
     p.wait_for_function("msrViewer.world.getItemCount() === 1 && !msrViewer.world.getItemAt(0).source.tilesUrl.includes('bicubic')")
