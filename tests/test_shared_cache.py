@@ -280,3 +280,33 @@ def test_a_replica_starts_and_serves_while_redis_is_unreachable(bundle, slide_di
         assert "tileserver_shared_cache_up 0.0" in text and 'tileserver_cache_hits_total{cache="tiles"} 1.0' in text
     finally:
         app.extensions["tileserver"].close()
+
+
+def test_replicas_with_other_default_models_share_every_models_blocks(bundle, realistic_bundle, slide_dir,
+                                                                         redis_server):
+    """A block's Redis name carries its own model's geometry, not the default model's: a replica whose
+    default is the realistic model finds the realistic blocks that a replica defaulting to the faithful one
+    computed (a 20X tile read from the parents of four 40X tiles: no model run)."""
+    from tileserver.inference import load_bundle
+    from tileserver.settings import Settings
+    from tileserver.web.app import create_app
+    from tileserver.web.deepzoom import pyramid
+
+    def replica(first, second):
+        return create_app(Settings(slide_dir=slide_dir, model=first, models=(second,), device="cpu", threads=1,
+                                   cache_mb=64, prefetch_blocks=0, redis=redis_server.url))
+
+    a, b = replica(bundle, realistic_bundle), replica(realistic_bundle, bundle)
+    try:
+        name = load_bundle(realistic_bundle).name
+        svc_a, svc_b = a.extensions["tileserver"], b.extensions["tileserver"]
+        assert svc_b.bundle.name == name != svc_a.bundle.name
+        top = pyramid(svc_a, "he5x").top
+        for col, row in [(0, 0), (1, 0), (0, 1), (1, 1)]:
+            assert a.test_client().get(f"/m/{name}/dzi/he5x_files/{top}/{col}_{row}.jpeg").status_code == 200
+        assert svc_a.engines[name].runs[1] == 4  # the four 40X tiles' 20X parents
+        assert b.test_client().get(f"/m/{name}/dzi/he5x_files/{top - 1}/0_0.jpeg").status_code == 200
+        assert svc_b.engines[name].runs == [0, 0, 0]
+    finally:
+        a.extensions["tileserver"].close()
+        b.extensions["tileserver"].close()

@@ -143,16 +143,21 @@ class TileService:
         """Redis behind both caches and the block single-flight (``raster.shared_cache``)."""
         from tileserver.raster.shared_cache import SharedCaches, model_digest, slide_digest
 
-        s, b = self.settings, self.bundle
+        s = self.settings
         stamps = {info.stamp: slide_digest(info.path) for info in self.slides()}  # failed slides: none to share
-        models = {m.model_id: f"{m.model_id}#{model_digest(st['sha256'] for st in m.bundle.manifest['stages'])}"
-                  for m in self.model_modes}  # every mode's model: names that every replica shares
+
+        def shared_name(m: Mode) -> str:
+            """The model in every replica's Redis names: its stage files and its blocks' geometry (halos and
+            input alignments), so two models never meet on one name and each keeps its own grid."""
+            g = self.grids[m.bundle.name]
+            geometry = f"halos={','.join(map(str, g.halos))};aligns={','.join(map(str, g.aligns))}"
+            return f"{m.model_id}#{model_digest([*(st['sha256'] for st in m.bundle.manifest['stages']), geometry])}"
+
+        models = {m.model_id: shared_name(m) for m in self.model_modes}
         shared = SharedCaches(s.redis, stamps, models, s.redis_lock_ttl, s.redis_timeout, s.redis_backoff_max)
-        halos = ",".join(str(b.stage_halo(k)) for k in range(b.stages))
         self.tiles = shared.tier(self.tiles)
-        fans = ",".join(map(str, self.grid.fans))  # the stage-aligned grid: blocks of another grid never match
-        aligns = "" if set(self.grid.aligns) == {1} else ",aligns=" + ",".join(map(str, self.grid.aligns))
-        self.blocks = shared.tier(self.blocks, grid=f":grid={self.stride},{self.margin},{halos},fans={fans}{aligns}")
+        fans = ",".join(map(str, self.grid.fans))  # the tiling every model shares: blocks of another never match
+        self.blocks = shared.tier(self.blocks, grid=f":grid={self.stride},{self.margin},fans={fans}")
         self.flights = shared.flight(self.flights, self.blocks)
         return shared
 
