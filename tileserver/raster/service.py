@@ -93,9 +93,9 @@ class TileService:
         self.model_gate = Gate("requests using the model", s.model_requests, 0, s.retry_after)
         self.heavy_gate = Gate("heavy IIIF renders", s.heavy_renders, s.heavy_renders, s.retry_after)
         self.engine = Engine(self.bundle, s.device, s.threads, s.queue_size, on_run=on_inference)
-        self.engines = {b.name: Engine(b, s.device, s.threads, s.queue_size, on_run=on_inference, queue=self.engine.queue)
-                        for b in bundles[1:]}  # every model through the default one's device queue
-        self.engines = {self.bundle.name: self.engine, **self.engines}
+        self.engines = {self.bundle.name: self.engine} | {  # every model through the default one's device queue
+            b.name: Engine(b, s.device, s.threads, s.queue_size, on_run=on_inference, queue=self.engine.queue)
+            for b in bundles[1:]}
         self.catalog = Catalog(s.slide_dir, self.bundle.input_mpp, s.assume_mpp, s.follow_symlinks, s.slide_retry,
                                on_slide_error)
         budget = int(s.cache_mb * 2**20)
@@ -163,7 +163,7 @@ class TileService:
 
     def close(self) -> None:
         self.prefetch.close()
-        for engine in reversed(self.engines.values()):  # the default engine, owner of the queue, last
+        for engine in self.engines.values():  # the default engine closes the shared queue
             engine.close()
         self.catalog.close()
         if self.shared:
