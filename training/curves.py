@@ -22,7 +22,7 @@ def plot_curves(log_path: Path, png_path: Path, bicubic: list[float]) -> None:
         return
     steps = [int(r["step"]) for r in rows]
     labs = [k[len("val_gain_"):] for k in rows[0] if k.startswith("val_gain_")]
-    texture = any(r.get(k) for r in rows for k in ("spectrum", "adversarial", "feature_match"))
+    texture = any(r.get(k) for r in rows for k in ("spectrum", "band_energy", "adversarial", "feature_match"))
     panels = 2 + bool(labs) + texture
     fig, axes = plt.subplots(1, panels, figsize=(5.4 * panels, 4))
     a, b = axes[0], axes[1]
