@@ -119,3 +119,22 @@ def test_a_burst_is_bounded_in_blocks_and_bytes(slide_dir):
         by_blocks.close()
         by_bytes.close()
         q.close()
+
+
+def test_a_view_waiting_for_its_burst_counts_as_running(bundle, slide_dir):
+    """The `prefetch_running` counter covers the time between a new view and its burst (a client waiting for it
+    to reach 0 used to slip into that gap and see a burst start after it stopped waiting)."""
+    from tileserver.settings import Settings
+    from tileserver.web.app import create_app
+
+    app = create_app(Settings(slide_dir=slide_dir, model=bundle, device="cpu", threads=1, cache_mb=64))
+    svc, client = app.extensions["tileserver"], app.test_client()
+    try:
+        assert svc.prefetch.wait_done(120)
+        with svc.prefetch.interactive():  # interactive work holds the burst back
+            svc.prefetch.note("viewer", "he5x", 2, (0, 0, 254, 254))  # a tile of the 20X plane
+            assert svc.prefetch.stats()["running"] == 1 and svc.prefetch.counts["bursts"] == 0
+        assert svc.prefetch.wait_done(120)
+        assert svc.prefetch.stats()["running"] == 0 and svc.prefetch.counts["bursts"] == 1
+    finally:
+        svc.close()

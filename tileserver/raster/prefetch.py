@@ -108,9 +108,11 @@ class Prefetcher:
             return hit
 
     def stats(self) -> dict[str, int]:
+        """Counters, and ``running``: a burst runs or a new view waits for one (e.g. behind interactive work),
+        so a client that waits for ``running`` to be 0 never slips into the gap between two bursts."""
         with self._cv:
             return {k: self.counts[k] for k in ("bursts", "blocks", "cancelled", "errors", "hits")} | {
-                "running": int(self._busy)}
+                "running": int(self._busy or self._done_generation != self._generation)}
 
     def wait_done(self, timeout: float) -> bool:
         """Block until no burst is pending or running (True), or ``timeout`` passes (False)."""
