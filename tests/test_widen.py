@@ -51,10 +51,18 @@ def test_the_new_channels_learn(tmp_path):
     assert model.stages[1].head.weight.grad[8:].abs().sum() > 0, "a new trunk channel gets no gradient"
 
 
-def test_refuses_to_narrow_or_change_depth(tmp_path):
-    _, state = saved(tmp_path, SMALL, "a.pt", 0)
-    with pytest.raises(ValueError, match="narrow"):
-        compose([(state, k) for k in range(3)], dataclasses.replace(SMALL, features=4))
+def test_narrowing_keeps_the_channels_that_carry_the_most(tmp_path):
+    """Widen, then cut back to the old widths: the added channels carry nothing, so exactly the old
+    network comes back; a depth change is refused."""
+    small, state = saved(tmp_path, SMALL, "a.pt", 0)
+    wide = compose([(state, k) for k in range(3)], dataclasses.replace(SMALL, features=16, growth=8))
+    checkpoint.save(tmp_path / "wide.pt", wide, step=1)
+    back = compose([(checkpoint.load(tmp_path / "wide.pt"), k) for k in range(3)], SMALL).eval()
+    x = torch.rand(1, 3, 12, 12)
+    with torch.no_grad():
+        assert all((p - q).abs().max() < 1e-5 for p, q in zip(back(x), small(x)))
+    cut = compose([(state, k) for k in range(3)], dataclasses.replace(SMALL, features=6, growth=3))
+    assert cut.stages[2].body[0].rdbs[1].fusion.weight.shape == (6, 6 + 2 * 3, 3, 3)
     with pytest.raises(ValueError, match="depth"):
         compose([(state, k) for k in range(3)], dataclasses.replace(SMALL, dense_layers=3))
 

@@ -1,4 +1,4 @@
-"""Start a wider generator from trained stages without changing what they compute.
+"""Start a generator of other widths from trained stages (wider: without changing what they compute).
 
 Why: ONNX Runtime's CPU convolutions work on blocks of 16 channels on AVX-512
 (8 on AVX2), so a layer with 18 or 24 channels costs about what one with 32
@@ -12,8 +12,10 @@ capacity for free; the new channels start so that the output is unchanged:
   would get no gradient) is produced with random weights and read with zero
   weights.
 
-A stage may also come from another checkpoint (``--stage K=CKPT[:J]``), e.g. a
-smaller last stage, where each cold 40X tile pays the most.
+A stage may also come from another checkpoint (``--stage K=CKPT[:J]``), or be
+cut narrower (e.g. 18 -> 16 channels, where each cold 40X tile pays the most):
+then the channels that carry the most (|producing weights| x |reading
+weights|) are kept, the output changes, and a fine-tune follows.
 
     python training/widen.py --stage 0=A.pt --stage 1=A.pt --stage 2=B.pt \
         --features 48 48 32 --growth 32 32 16 -o init.pt
@@ -25,6 +27,7 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
+from typing import Hashable
 
 import torch
 
@@ -58,44 +61,84 @@ def _layouts(a: GeneratorArgs) -> dict[str, tuple[list[Channel] | None, list[Cha
     return out
 
 
-def widen_stage(state: dict[str, torch.Tensor], old: GeneratorArgs, new: GeneratorArgs,
-                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-    """The state dict of one stage (keys without the ``stages.K.`` prefix) grown from ``old`` to ``new``
-    widths (both stage-resolved: one features/growth value). Same depth, never narrower."""
+def _rdb_of(prefix: str) -> str | None:
+    if ".layers." in prefix:
+        return prefix.split(".layers.")[0]
+    return prefix[:-len(".fusion")] if prefix.endswith(".fusion") else None
+
+
+def _group(prefix: str, c: Channel) -> tuple[Hashable, int]:
+    """(which channel group, index in it): the trunk is one group, each dense layer of each RDB another."""
+    return ("trunk", c[1]) if c[0] == "trunk" else ((_rdb_of(prefix), c[1]), c[2])
+
+
+def _channel_scores(state: dict[str, torch.Tensor], a: GeneratorArgs) -> dict[Hashable, torch.Tensor]:
+    """Per channel group, how much each channel carries: |weights producing it| * |weights reading it|
+    (a channel widening added scores 0: its producers or its readers are zero)."""
+    prod: dict[Hashable, torch.Tensor] = {}
+    cons: dict[Hashable, torch.Tensor] = {}
+    for prefix, (outs, ins) in _layouts(a).items():
+        w = state[f"{prefix}.weight"]
+        for channels, acc, norms in ((outs, prod, w.flatten(1).square().sum(1)),
+                                     (ins, cons, w.transpose(0, 1).flatten(1).square().sum(1))):
+            for pos, c in enumerate(channels or []):
+                group, idx = _group(prefix, c)
+                size = a.features if group == "trunk" else a.growth
+                acc.setdefault(group, torch.zeros(size))[idx] += norms[pos]
+    return {g: prod[g].sqrt() * cons[g].sqrt() for g in prod}
+
+
+def resize_stage(state: dict[str, torch.Tensor], old: GeneratorArgs, new: GeneratorArgs,
+                 generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """The state dict of one stage (keys without the ``stages.K.`` prefix) resized from ``old`` to ``new``
+    widths (both stage-resolved), same depth. Wider: the output is unchanged (module docstring). Narrower:
+    the channels that carry the most are kept and the output changes, so fine-tune after."""
     if (new.blocks, new.rdbs_per_block, new.dense_layers) != (old.blocks, old.rdbs_per_block, old.dense_layers):
-        raise ValueError("widening keeps the depth: blocks, rdbs_per_block and dense_layers must match")
-    if new.features < old.features or new.growth < old.growth:
-        raise ValueError(f"cannot narrow a stage: F {old.features} -> {new.features}, G {old.growth} -> {new.growth}")
-    old_l, new_l = _layouts(old), _layouts(new)
-    result = dict(state)
-    for prefix, (new_out, new_in) in new_l.items():
+        raise ValueError("resizing keeps the depth: blocks, rdbs_per_block and dense_layers must match")
+    keep = {}
+    for group, score in _channel_scores(state, old).items():
+        n = new.features if group == "trunk" else new.growth
+        keep[group] = sorted(score.argsort(descending=True)[:n].tolist())  # all of them when not narrower
+
+    def moved(prefix: str, c: Channel) -> Channel | None:
+        group, idx = _group(prefix, c)
+        if idx not in keep[group]:
+            return None
+        return ("trunk", keep[group].index(idx)) if group == "trunk" else ("growth", c[1], keep[group].index(idx))
+
+    old_l, result = _layouts(old), dict(state)
+    for prefix, (new_out, new_in) in _layouts(new).items():
         old_out, old_in = old_l[prefix]
         w, b = state[f"{prefix}.weight"], state[f"{prefix}.bias"]
-        o_idx = list(range(w.shape[0])) if new_out is None else [new_out.index(c) for c in old_out]
-        i_idx = list(range(w.shape[1])) if new_in is None else [new_in.index(c) for c in old_in]
-        n_out = w.shape[0] if new_out is None else len(new_out)
-        n_in = w.shape[1] if new_in is None else len(new_in)
+
+        def pairs(old_ch, new_ch, n):
+            if new_ch is None:
+                return list(range(n)), list(range(n)), set()
+            found = [(i, new_ch.index(m)) for i, c in enumerate(old_ch) if (m := moved(prefix, c)) is not None]
+            return [i for i, _ in found], [j for _, j in found], {j for _, j in found}
+
+        o_old, o_new, o_kept = pairs(old_out, new_out, w.shape[0])
+        i_old, i_new, i_kept = pairs(old_in, new_in, w.shape[1])
         scale = float(w.std())
-        nw = torch.zeros(n_out, n_in, *w.shape[2:], dtype=w.dtype)
-        nb = torch.zeros(n_out, dtype=b.dtype)
-        # new growth outputs: produced at random (read with zero weights below)
-        for o, c in enumerate(new_out or []):
-            if c[0] == "growth" and c not in old_out:
+        nw = torch.zeros(len(new_out) if new_out else w.shape[0], len(new_in) if new_in else w.shape[1],
+                         *w.shape[2:], dtype=w.dtype)
+        nb = torch.zeros(nw.shape[0], dtype=b.dtype)
+        for o, c in enumerate(new_out or []):  # new growth outputs: produced at random, read with zeros
+            if c[0] == "growth" and o not in o_kept:
                 nw[o] = torch.randn(nw[o].shape, generator=generator, dtype=w.dtype) * scale
-        # new trunk inputs (always zero): read with small random weights
-        for i, c in enumerate(new_in or []):
-            if c[0] == "trunk" and c not in old_in:
+        for i, c in enumerate(new_in or []):  # new trunk inputs (always zero): read with small random weights
+            if c[0] == "trunk" and i not in i_kept:
                 nw[:, i] = torch.randn(nw[:, i].shape, generator=generator, dtype=w.dtype) * scale * 0.5
-        for oi, o in enumerate(o_idx):  # the trained weights where they were
-            nw[o, i_idx] = w[oi]
-            nb[o] = b[oi]
+        nw[torch.tensor(o_new)[:, None], torch.tensor(i_new)[None, :]] = w[torch.tensor(o_old)[:, None],
+                                                                          torch.tensor(i_old)[None, :]]
+        nb[o_new] = b[o_old]
         result[f"{prefix}.weight"], result[f"{prefix}.bias"] = nw, nb
     return result
 
 
 def compose(sources: list[tuple[dict, int]], new_args: GeneratorArgs, seed: int = 0) -> MultiScaleGenerator:
-    """A generator whose stage k is stage ``sources[k][1]`` of checkpoint state ``sources[k][0]``, widened to
-    ``new_args``; every stage computes what its source stage computed."""
+    """A generator whose stage k is stage ``sources[k][1]`` of checkpoint state ``sources[k][0]``, resized to
+    ``new_args``; a stage that is not narrower than its source computes what the source computed."""
     if len(sources) != new_args.stages:
         raise ValueError(f"{len(sources)} stage sources for {new_args.stages} stages")
     model = MultiScaleGenerator(new_args)
@@ -110,7 +153,7 @@ def compose(sources: list[tuple[dict, int]], new_args: GeneratorArgs, seed: int 
             raise ValueError(f"stage {k}: its source differs in more than width (activation, skip, projection ...)")
         pre = f"stages.{j}."
         stage = {key[len(pre):]: v for key, v in state["model"].items() if key.startswith(pre)}
-        grown = widen_stage(stage, old_args.for_stage(j), new_args.for_stage(k), g)
+        grown = resize_stage(stage, old_args.for_stage(j), new_args.for_stage(k), g)
         full.update({f"stages.{k}.{key}": v for key, v in grown.items()})
     model.load_state_dict(full)
     return model

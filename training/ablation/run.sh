@@ -19,7 +19,9 @@ run a-monuseg-only "${LITE[@]}" "${NOAUG[@]}" --set 'data.train_only=[monuseg]'
 run b-multilab "${LITE[@]}" "${NOAUG[@]}"
 run c-multilab-colour "${LITE[@]}" "${COLOUR[@]}"
 run d-multilab-colour-input "${LITE[@]}"
-run e-capacity "$@"
+# e: the widths of the recorded run (results-300-steps.md); faithful.yaml has since moved to widths in
+# multiples of 16 (its header)
+run e-capacity --set 'model.features=[48,40,36]' --set 'model.growth=[24,20,18]' "$@"
 "$PY" training/ablation/table.py "$OUT"/{a-monuseg-only,b-multilab,c-multilab-colour,d-multilab-colour-input,e-capacity} \
     | tee "$OUT/table.md"
 [ "${EVALUATE:-0}" = 1 ] || exit 0
