@@ -21,8 +21,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-DEFAULT = ["msr-lite=32,32,32/16,16,16", "msr-faithful@2350=48,40,36/24,20,18", "aligned=48,48,32/32,32,16",
-           "aligned-wide=48,48,48/32,32,32"]
+DEFAULT = ["msr-lite=32,32,32/16,16,16", "msr-faithful@2350=48,40,36/24,20,18", "msr-faithful@2950=48,48,32/32,32,16",
+           "all-48-32=48,48,48/32,32,32"]
 INPUT_SIDES = (40, 80, 140)  # a block's input per stage (5X, 10X, 20X), as served for one 40X tile
 
 
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     from training.model import GeneratorArgs, stage_gflop
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--arch", action="append", help="NAME=F1,F2,F3/G1,G2,G3 (default: lite, faithful, aligned)")
+    ap.add_argument("--arch", action="append", help="NAME=F1,F2,F3/G1,G2,G3 (default: lite, faithful before and after, all 48/32)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=9)
     a = ap.parse_args(argv)
