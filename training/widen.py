@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, KeyError) as e:
         print(f"widen: {e}", file=sys.stderr)
         return 2
-    checkpoint.save(args.out, model, step=0, description=f"widened from {', '.join(args.stage)}")
+    checkpoint.save(args.out, model, step=0, description=f"resized from {', '.join(args.stage)}")
     print(f"wrote {args.out}: features {list(args.features)}, growth {list(args.growth)}")
     return 0
 
