@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -342,3 +343,46 @@ def test_malformed_is_400_before_unimplemented_501(client, tail, status):
 def test_metrics_content_type_names_its_charset_once(client):
     ctype = client.get("/metrics").headers["Content-Type"]
     assert ctype.startswith("text/plain") and ctype.count("charset") == 1
+
+
+def test_a_slide_copied_in_while_serving_is_served(bundle, he5, tmp_path, monkeypatch):
+    """No restart: a new file is found when the slides are listed or its id is asked for; a partial copy
+    (a dot name, like ingest's atomic writes) is not a slide."""
+    from tileserver.raster.catalog import Catalog
+
+    monkeypatch.setattr(Catalog, "SCAN_EVERY", 0.0)
+    d = tmp_path / "s"
+    d.mkdir()
+    jpeg_tiff(d / "first.tif", he5)
+    app = create_app(Settings(slide_dir=d, model=bundle, device="cpu", threads=1, cache_mb=16))
+    try:
+        c = app.test_client()
+        assert {s["id"] for s in c.get("/api/slides").json["slides"]} == {"first"}
+        assert c.get("/iiif/3/second/info.json").status_code == 404
+        jpeg_tiff(d / ".second.tif.partial", he5)
+        (d / "notes.txt").write_text("not a slide")
+        assert {s["id"] for s in c.get("/api/slides").json["slides"]} == {"first"}
+        os.replace(d / ".second.tif.partial", d / "second.tif")
+        assert c.get("/iiif/3/second/info.json").status_code == 200  # asked for by id, before any listing
+        assert c.get("/dzi/second_files/9/0_0.jpeg").status_code == 200
+        jpeg_tiff(d / "third.tif", he5)
+        assert {s["id"] for s in c.get("/api/slides").json["slides"]} == {"first", "second", "third"}
+    finally:
+        app.extensions["tileserver"].close()
+
+
+def test_the_folder_is_looked_at_again_at_most_every_scan_interval(bundle, he5, tmp_path):
+    from tileserver.raster.catalog import Catalog
+
+    d = tmp_path / "s"
+    d.mkdir()
+    jpeg_tiff(d / "a.tif", he5)
+    cat = Catalog(d, model_mpp=2.0)
+    try:
+        jpeg_tiff(d / "b.tif", he5)
+        cat._scanned = time.monotonic()  # just looked
+        assert cat.ids() == ["a"] and cat.get("b") is None
+        cat._scanned -= Catalog.SCAN_EVERY
+        assert sorted(cat.ids()) == ["a", "b"] and cat.get("b") is not None
+    finally:
+        cat.close()

@@ -113,36 +113,76 @@ class _Entry:
 
 class Catalog:
     """The slides in one folder; ``get(id)`` → (SlideInfo, raster). Every use checks the file (stat):
-    a slide that disappeared is dropped, one that changed is reopened. A read error marks the region
-    (the handle is reopened, OpenSlide's errors are sticky) and a slide that cannot be opened is failed;
-    both answer ``Unavailable`` until the file changes or a doubling back-off runs out."""
+    a slide that disappeared is dropped, one that changed is reopened. A slide copied into the folder
+    while serving is found when the slides are listed or its id is asked for (the folder is looked at
+    again at most every ``SCAN_EVERY`` seconds; names starting with "." — partial copies, our own
+    atomic writes — are never slides). A read error marks the region (the handle is reopened,
+    OpenSlide's errors are sticky) and a slide that cannot be opened is failed; both answer
+    ``Unavailable`` until the file changes or a doubling back-off runs out."""
 
     MAX_BAD_REGIONS = 4096
+    SCAN_EVERY = 2.0  # seconds between two looks at the folder for new slides
 
     def __init__(self, folder: Path, model_mpp: float | None, assume_mpp: float | None = None,
                  follow_symlinks: bool = False, retry: float = 5.0, on_error: Callable[[str], None] | None = None):
         self.folder = Path(folder)
         self.model_mpp, self.assume_mpp, self.retry = model_mpp, assume_mpp, retry
         self.on_error = on_error
+        self.follow_symlinks = follow_symlinks
         self._slides: dict[str, _Entry] = {}
+        self._passed: dict[Path, tuple] = {}  # files that are not slides (or refused), with their signature
+        self._serving = False
         self._lock = threading.RLock()
         if not self.folder.is_dir():
             raise FileNotFoundError(f"slide folder {self.folder} does not exist")
-        root = self.folder.resolve()
-        for path in sorted(self.folder.iterdir()):
-            if path.name.startswith(".") or not path.is_file():
+        self._scanned = 0.0
+        self._scan()
+        self._serving = True  # from now on a new slide is news (logged)
+
+    # -- finding slides --------------------------------------------------------------
+    def _scan(self) -> None:
+        """Add the slide files of the folder that the catalog does not have yet."""
+        self._scanned = time.monotonic()
+        root, known = self.folder.resolve(), {e.path for e in self._slides.values()}
+        try:
+            paths = sorted(self.folder.iterdir())
+        except OSError as e:
+            log.error("cannot list the slide folder %s: %s", self.folder, one_line(e))
+            return
+        for path in paths:
+            if path in known or path.name.startswith("."):
                 continue
-            if not follow_symlinks and not path.resolve().is_relative_to(root):
+            try:
+                if not path.is_file():
+                    continue
+                sig = signature(path)
+            except OSError:  # gone between listing and looking
+                continue
+            if self._passed.get(path) == sig:
+                continue
+            self._passed[path] = sig
+            if not self.follow_symlinks and not path.resolve().is_relative_to(root):
                 log.warning("skipping %s: a link to %s, outside the slide folder (--follow-symlinks serves it)",
                             path.name, path.resolve())
                 continue
             if open_raster(path, probe=True) is None:
                 continue
+            del self._passed[path]
             sid = slide_id(path.name)
             if sid in self._slides:
                 sid = slide_id(path.name.replace(".", "_"))
-            self._slides[sid] = entry = _Entry(path, signature(path))
+            if sid in self._slides:
+                log.warning("skipping %s: its id %r is taken by %s", path.name, sid, self._slides[sid].path.name)
+                self._passed[path] = sig
+                continue
+            if self._serving:
+                log.info("new slide in the folder: %s", path.name)
+            self._slides[sid] = entry = _Entry(path, sig)
             self._open(sid, entry)
+
+    def _scan_if_due(self) -> None:
+        if time.monotonic() - self._scanned >= self.SCAN_EVERY:
+            self._scan()
 
     # -- opening -----------------------------------------------------------------
     def _open(self, sid: str, entry: _Entry) -> None:
@@ -203,11 +243,14 @@ class Catalog:
     def ids(self) -> list[str]:
         """Ids of the slides whose files are still there (failed ones included)."""
         with self._lock:
+            self._scan_if_due()
             return [sid for sid in list(self._slides) if self._check(sid) is not None]
 
     def get(self, sid: str) -> tuple[SlideInfo, StoredRaster] | None:
         """(info, raster) of a slide; None when there is none (any more); ``Unavailable`` while it fails."""
         with self._lock:
+            if sid not in self._slides:
+                self._scan_if_due()
             entry = self._check(sid)
             if entry is None:
                 return None
