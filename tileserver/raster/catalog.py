@@ -141,40 +141,37 @@ class Catalog:
 
     # -- finding slides --------------------------------------------------------------
     def _scan(self) -> None:
-        """Add the slide files of the folder that the catalog does not have yet."""
+        """Add the slide files of the folder that the catalog does not have yet; a file passed over (not a
+        slide, a link out of the folder, an id taken) is looked at again only when it changes."""
         self._scanned = time.monotonic()
         root, known = self.folder.resolve(), {e.path for e in self._slides.values()}
         try:
-            paths = sorted(self.folder.iterdir())
+            paths = sorted(p for p in self.folder.iterdir() if not p.name.startswith(".") and p not in known)
         except OSError as e:
             log.error("cannot list the slide folder %s: %s", self.folder, one_line(e))
             return
+        listed = set(paths)
+        self._passed = {p: sig for p, sig in self._passed.items() if p in listed}  # forget files that are gone
         for path in paths:
-            if path in known or path.name.startswith("."):
-                continue
             try:
-                if not path.is_file():
+                if not path.is_file() or self._passed.get(path) == (sig := signature(path)):
                     continue
-                sig = signature(path)
             except OSError:  # gone between listing and looking
                 continue
-            if self._passed.get(path) == sig:
-                continue
-            self._passed[path] = sig
+            self._passed[path] = sig  # until it turns out to be a slide
             if not self.follow_symlinks and not path.resolve().is_relative_to(root):
                 log.warning("skipping %s: a link to %s, outside the slide folder (--follow-symlinks serves it)",
                             path.name, path.resolve())
                 continue
             if open_raster(path, probe=True) is None:
                 continue
-            del self._passed[path]
             sid = slide_id(path.name)
             if sid in self._slides:
                 sid = slide_id(path.name.replace(".", "_"))
             if sid in self._slides:
                 log.warning("skipping %s: its id %r is taken by %s", path.name, sid, self._slides[sid].path.name)
-                self._passed[path] = sig
                 continue
+            del self._passed[path]
             if self._serving:
                 log.info("new slide in the folder: %s", path.name)
             self._slides[sid] = entry = _Entry(path, sig)
