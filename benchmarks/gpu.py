@@ -41,16 +41,20 @@ def time_run(fn, sync, seconds: float) -> float:
     return (time.perf_counter() - t0) / runs
 
 
-def measure(bundle_dir: Path, dev, dtype, batch: int, seconds: float) -> tuple[list[float], list[int]]:
-    import torch
-
+def load(bundle_dir: Path, dev):
+    """The bundle's network on ``dev`` and its stages' block input sides."""
     from tileserver.inference import load_bundle
     from training.checkpoint import load_generator
 
     bundle = load_bundle(bundle_dir)
     model, _ = load_generator(bundle_dir / "checkpoint.pt")
-    model.to(dev)
-    sides = stage_inputs([bundle.stage_halo(k) for k in range(bundle.stages)])
+    return model.to(dev), stage_inputs([bundle.stage_halo(k) for k in range(bundle.stages)])
+
+
+def measure(model, sides: list[int], dev, dtype: str, batch: int, seconds: float) -> list[float]:
+    """ms per run of each stage on a batch of its blocks."""
+    import torch
+
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     out = []
     for stage, side in zip(model.stages, sides):
@@ -61,7 +65,7 @@ def measure(bundle_dir: Path, dev, dtype, batch: int, seconds: float) -> tuple[l
                 stage(x)
 
         out.append(1000 * time_run(run, sync, seconds))
-    return out, sides
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,16 +91,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'model':<16}{'precision':>10}{'batch':>7}{'block inputs (px)':>20}{'ms per run, stage 1 / 2 / 3':>32}"
           f"{'40X tiles/s':>13}")
     for bundle_dir in a.models:
-        for precision in a.precisions:
-            for batch in a.batches:
-                try:
-                    ms, sides = measure(bundle_dir, dev, precision, batch, a.seconds)
-                except (OSError, ValueError, RuntimeError) as e:
-                    print(f"gpu: {bundle_dir}: {e}", file=sys.stderr)
-                    return 2
-                per = " / ".join(f"{v:.2f}" for v in ms)
-                print(f"{bundle_dir.name:<16}{precision:>10}{batch:>7}{str(sides):>20}{per:>32}"
-                      f"{1000 * batch / sum(ms):>13.1f}", flush=True)
+        try:  # a bundle that does not load, or a device out of memory: one line, exit 2
+            model, sides = load(bundle_dir, dev)
+            for precision in a.precisions:
+                for batch in a.batches:
+                    ms = measure(model, sides, dev, precision, batch, a.seconds)
+                    per = " / ".join(f"{v:.2f}" for v in ms)
+                    print(f"{bundle_dir.name:<16}{precision:>10}{batch:>7}{str(sides):>20}{per:>32}"
+                          f"{1000 * batch / sum(ms):>13.1f}", flush=True)
+        except (OSError, ValueError, RuntimeError) as e:
+            print(f"gpu: {bundle_dir}: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+            return 2
     return 0
 
 
