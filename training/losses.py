@@ -19,7 +19,6 @@ from training.model import BicubicDown2, PatchDiscriminator, VGGFeatures
 @dataclasses.dataclass
 class LossWeights:
     l1: float = 0.06
-    mse: float = 0.0  # squared error per scale: what PSNR measures (a last fine-tune after L1)
     ssim: float = 0.0
     fft: float = 0.0
     perceptual: float = 0.0
@@ -117,8 +116,6 @@ class GeneratorLoss(torch.nn.Module):
 
         for sr, hr in zip(outputs, targets):
             add("l1", F.l1_loss(sr, hr), self.w.l1)
-            if self.w.mse:
-                add("mse", F.mse_loss(sr, hr), self.w.mse)
             if self.w.ssim:
                 add("ssim", ssim_loss(sr, hr), self.w.ssim)
             if self.w.fft:
