@@ -17,7 +17,7 @@ import statistics
 import time
 
 from tileserver.raster import geometry as g
-from tileserver.raster.blockgrid import Grid
+from tileserver.raster.blockgrid import Grid, default_fans
 
 FAN_CHOICES = [(1, 1), (2, 1), (1, 2), (2, 2)]  # (fan of 10X, fan of 20X) blocks: children per axis above
 
@@ -95,13 +95,12 @@ def grid_table(halos: tuple[int, ...], tile: int = 254, overlap: int = 1, vw: in
     return rows
 
 
-def screen_floor(halos: tuple[int, ...], fans: tuple[int, ...], tile: int = 254, overlap: int = 1, vw: int = 1920,
-                 vh: int = 1080) -> dict:
+def screen_floor(halos: tuple[int, ...], tile: int = 254, overlap: int = 1, vw: int = 1920, vh: int = 1080) -> dict:
     """Bounds for a cold 40X screen on the served grid, in input pixels (thousands, averaged like
     ``grid_table``): its top blocks alone, and those plus each lower plane computed as one window over the
     whole screen (the least any grid with tile-sized top blocks can read)."""
     s, m, top = g.block_stride(tile), g.block_margin(overlap), len(halos)
-    grid = Grid(s, m, halos, fans)
+    grid = Grid(s, m, halos, default_fans(top))
     tops = merged = 0.0
     for k in range(8):
         size = (40000, 30000)
@@ -225,14 +224,11 @@ def batch_sizes(text: str) -> dict[int, int]:
 def measure(args, server, client_cls, fetch, spread, viewport) -> dict:
     """Everything above for this checkout and, with ``args.baseline``, the main code in the same run."""
     from tileserver.inference import load_bundle
-    from tileserver.raster.service import model_grid
 
     bundle = load_bundle(args.model)
-    served = model_grid(bundle, 254, 1)
-    halos = served.halos
+    halos = tuple(bundle.stage_halo(k) for k in range(bundle.stages))
     vw, vh = (int(v) for v in args.viewport.split("x"))
-    out: dict = {"viewport": args.viewport, "grids": grid_table(halos), "fans": served.fans, "floor": screen_floor(halos, served.fans),
-                 "last_stage_kpx": ((254 + 4) // 2 + 2 * halos[-1]) ** 2 / 1000, "runs": []}
+    out: dict = {"viewport": args.viewport, "grids": grid_table(halos), "floor": screen_floor(halos), "last_stage_kpx": ((254 + 4) // 2 + 2 * halos[-1]) ** 2 / 1000, "runs": []}
     codes = [("this", None, ("--prefetch-blocks", "0"))] + ([("main", args.baseline, ())] if args.baseline else [])
     for rnd in range(args.repeat):
         for name, root, extra in codes:
@@ -275,7 +271,6 @@ def measure(args, server, client_cls, fetch, spread, viewport) -> dict:
 def format_measure(r: dict) -> str:
     old, f = r["grids"][0]["40X screen"], r["floor"]
     lines = [format_grid_table(r["grids"], r["last_stage_kpx"]),
-             f"served grid (chosen from the stages' weights): fans 10X={r['fans'][0]}, 20X={r['fans'][1]}",
              f"a 40X screen on the served grid cannot read less than its top blocks, {f['top_blocks']:.0f} "
              f"({f['top_blocks'] / old:.2f}x main), or with each lower plane as one window over the screen "
              f"{f['one_window_below']:.0f} ({f['one_window_below'] / old:.2f}x main)",

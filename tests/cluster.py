@@ -217,13 +217,15 @@ def blocks_needed(slides: Path, bundle: Path, sid: str, paths: list[str]) -> int
     block layout alone: the 40X blocks holding the tiles, then each one's parent on the plane below, ..."""
     from tileserver.inference import load_bundle
     from tileserver.protocols import deepzoom as dz
+    from tileserver.raster import geometry as g
+    from tileserver.raster.blockgrid import Grid, default_fans
     from tileserver.raster.catalog import Catalog
-    from tileserver.raster.service import model_grid
 
     b = load_bundle(bundle)
     catalog = Catalog(slides, b.input_mpp)
     info = catalog.get(sid)[0]
-    grid = model_grid(b, TILE, OVERLAP)
+    halos = tuple(b.stage_halo(k) for k in range(b.stages))
+    grid = Grid(g.block_stride(TILE), g.block_margin(OVERLAP), halos, default_fans(b.stages))
     p = dz.view(info, b.stages, "sr", TILE, OVERLAP)
     blocks = set()
     for path in paths:

@@ -99,7 +99,7 @@ def counting_stages(n: int):
 ])
 def test_counted_blocks_are_the_blocks_computed(slide_dir, plane, region, halos):
     from tileserver.raster import geometry as g
-    from tileserver.raster.blockgrid import Grid
+    from tileserver.raster.blockgrid import Grid, default_fans
     from tileserver.raster.cache import ByteLRU
     from tileserver.raster.planes import SingleFlight, SlideRasters
     from tileserver.raster.stored import OpenSlideRaster
@@ -107,7 +107,7 @@ def test_counted_blocks_are_the_blocks_computed(slide_dir, plane, region, halos)
     raster = OpenSlideRaster(slide_dir / "he5x.tif")
     try:
         stages, runs = counting_stages(3)
-        grid = Grid(g.block_stride(254), g.block_margin(1), tuple(halos), (2, 1))
+        grid = Grid(g.block_stride(254), g.block_margin(1), tuple(halos), default_fans(3))
         planes = SlideRasters("k", raster, stages, grid, ByteLRU("b", 2**28), SingleFlight())
         needed = planes.missing_blocks(plane, *region, 10**6)
         assert planes.missing_blocks(plane, *region, needed - 1) == needed  # stops just past the limit

@@ -116,14 +116,6 @@ def check_stages(files: Sequence[Path], sessions: Sequence, side: int) -> None:
             raise BundleError(f"{f}: a test run gave NaN or infinite values")
 
 
-def stage_parameters(files: Sequence[Path]) -> list[int]:
-    """Weights per stage graph (the sizes of its initializers): the block grid's measure of what a stage
-    costs per input pixel, since nearly every weight is a convolution run once per input pixel."""
-    import onnx
-
-    return [sum(int(np.prod(t.dims)) for t in onnx.load(str(f), load_external_data=False).graph.initializer) for f in files]
-
-
 def to_float(img: np.ndarray) -> np.ndarray:
     """(N,H,W,3) or (H,W,3) uint8 → (N,3,H,W) float32 in [0, 1]."""
     if img.ndim == 3:

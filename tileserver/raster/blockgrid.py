@@ -23,46 +23,15 @@ stays fixed, and the block's output is cut at ``offset``.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 from functools import reduce
-from typing import Sequence
 
 Span = tuple[int, int]  # [start, end) on one axis of one plane
 
 
-COLD_TILE_LIMIT = 2.5  # a cold top tile may cost this many last-stage block runs (one chain: >= 1)
-SCREEN_BLOCKS = (1920 / 254 + 1, 1080 / 254 + 1)  # top blocks under a 1920×1080 screen of 254 px tiles, on average
-
-
-def grid_costs(grid: "Grid", stage_costs: Sequence[float]) -> tuple[float, float]:
-    """(cold top tile, cold 1920×1080 top screen) in last-stage block runs, for stages whose cost per
-    input pixel is ``stage_costs`` (any unit): one block per plane for the tile, and for the screen the
-    blocks of each plane under it on average over where it falls (a span of ``t`` blocks above
-    meets ``(t + f - 1) / f`` blocks of a plane whose blocks serve ``f`` top blocks per axis)."""
-    n = grid.top
-    cost = [stage_costs[p - 1] * grid.input_side(p) ** 2 for p in range(1, n + 1)]
-    unit = cost[-1]
-    screen = sum(c * (SCREEN_BLOCKS[0] + f - 1) / f * (SCREEN_BLOCKS[1] + f - 1) / f
-                 for c, f in zip(cost, (grid.top_blocks(p) for p in range(1, n + 1))))
-    return sum(cost) / unit, screen / unit
-
-
-def choose_fans(stride: int, margin: int, halos: Sequence[int], aligns: Sequence[int],
-                stage_costs: Sequence[float]) -> tuple[int, ...]:
-    """The fans (1 or 2 per lower plane) whose cold screen costs least among those that keep a cold tile
-    within ``COLD_TILE_LIMIT`` last-stage block runs (else the cheapest cold tile). Cheap lower stages
-    share their blocks among 2 × 2 blocks above (a screen reads fewer pixels); costly ones (a wide
-    stage 1) get a block per block above, so a cold tile pays for no neighbours' pixels."""
-    n = len(halos)
-    options = []
-    for fans in itertools.product((1, 2), repeat=n - 1):
-        try:
-            grid = Grid(stride, margin, tuple(halos), fans, tuple(aligns))
-        except ValueError:  # blocks too small on a lower plane
-            continue
-        tile, screen = grid_costs(grid, stage_costs)
-        options.append((tile > COLD_TILE_LIMIT, screen if tile <= COLD_TILE_LIMIT else tile, fans))
-    return min(options)[2]
+def default_fans(stages: int) -> tuple[int, ...]:
+    """Fans of planes 1..n-1: the plane just below the top has one block per top block, every
+    plane lower down one block per 2 × 2 blocks above (chosen from ``benchmarks/tiles.py --grids``)."""
+    return (2,) * max(0, stages - 2) + (1,) * (stages > 1)
 
 
 @dataclasses.dataclass(frozen=True)

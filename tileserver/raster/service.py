@@ -24,10 +24,10 @@ from PIL import Image
 
 from tileserver.errors import NotFound, OverBudget, Unavailable
 from tileserver.inference import Bundle, Engine, load_bundle
-from tileserver.inference.engine import StageTimer, stage_parameters
+from tileserver.inference.engine import StageTimer
 from tileserver.inference.modes import BICUBIC, Mode, model_modes
 from tileserver.raster import geometry as g
-from tileserver.raster.blockgrid import Grid, choose_fans
+from tileserver.raster.blockgrid import Grid, default_fans
 from tileserver.raster.cache import ByteLRU
 from tileserver.raster.catalog import Catalog, SlideInfo
 from tileserver.raster.encode import encode, mimetype
@@ -38,15 +38,6 @@ from tileserver.settings import Settings, bundle_paths
 
 DEFAULT_MODE = "sr"  # the first bundle's mode, under the URLs that name no mode
 Transform = Callable[[np.ndarray], "np.ndarray | Image.Image"]
-
-
-def model_grid(bundle: Bundle, tile_size: int, overlap: int) -> Grid:
-    """A model's block grid: top blocks on the tiles, its stages' halos and alignments, and fans chosen
-    from what its stages cost (their weights; ``blockgrid.choose_fans``): the same in every replica."""
-    halos = tuple(bundle.stage_halo(k) for k in range(bundle.stages))
-    aligns = tuple(bundle.stage_alignment(k) for k in range(bundle.stages))
-    stride, margin = g.block_stride(tile_size), g.block_margin(overlap)
-    return Grid(stride, margin, halos, choose_fans(stride, margin, halos, aligns, stage_parameters(bundle.stage_files)), aligns)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,8 +102,10 @@ class TileService:
         self.tiles = ByteLRU("tiles", int(budget * s.tile_cache_fraction))
         self.blocks = ByteLRU("blocks", budget - self.tiles.max_bytes)
         self.flights = SingleFlight()
-        # one stride and margin (the tiles); each model its own halos, alignments and fans
-        self.grids = {b.name: model_grid(b, s.tile_size, s.overlap) for b in bundles}
+        self.grids = {b.name: Grid(g.block_stride(s.tile_size), g.block_margin(s.overlap),
+                                   tuple(b.stage_halo(k) for k in range(b.stages)), default_fans(b.stages),
+                                   tuple(b.stage_alignment(k) for k in range(b.stages)))
+                      for b in bundles}  # one stride and margin (the tiles), each model's own halos and alignments
         self.grid = self.grids[self.bundle.name]
         self.stride, self.margin = self.grid.stride, self.grid.margin  # the top blocks' side: IIIF's tile size
         self.shared = self._share() if s.redis else None
@@ -154,16 +147,17 @@ class TileService:
         stamps = {info.stamp: slide_digest(info.path) for info in self.slides()}  # failed slides: none to share
 
         def shared_name(m: Mode) -> str:
-            """The model in every replica's Redis names: its stage files and its blocks' geometry (halos,
-            input alignments and fans), so two models never meet on one name and each keeps its own grid."""
+            """The model in every replica's Redis names: its stage files and its blocks' geometry (halos and
+            input alignments), so two models never meet on one name and each keeps its own grid."""
             g = self.grids[m.bundle.name]
-            geometry = ";".join(f"{k}={','.join(map(str, getattr(g, k)))}" for k in ("halos", "aligns", "fans"))
+            geometry = f"halos={','.join(map(str, g.halos))};aligns={','.join(map(str, g.aligns))}"
             return f"{m.model_id}#{model_digest([*(st['sha256'] for st in m.bundle.manifest['stages']), geometry])}"
 
         models = {m.model_id: shared_name(m) for m in self.model_modes}
         shared = SharedCaches(s.redis, stamps, models, s.redis_lock_ttl, s.redis_timeout, s.redis_backoff_max)
         self.tiles = shared.tier(self.tiles)
-        self.blocks = shared.tier(self.blocks, grid=f":grid={self.stride},{self.margin}")  # the tiling every model shares
+        fans = ",".join(map(str, self.grid.fans))  # the tiling every model shares: blocks of another never match
+        self.blocks = shared.tier(self.blocks, grid=f":grid={self.stride},{self.margin},fans={fans}")
         self.flights = shared.flight(self.flights, self.blocks)
         return shared
 
