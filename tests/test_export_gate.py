@@ -93,6 +93,23 @@ def test_export_refuses_a_graph_that_differs_from_pytorch(checkpoint, tmp_path, 
     assert sorted(p.name for p in out.iterdir()) == []  # no manifest, no stage graphs
 
 
+def test_an_evaluation_without_this_model_fails_before_any_file_is_written(checkpoint, tmp_path, capsys):
+    """A wrong --evaluation must not leave an existing bundle with new graphs and its old manifest."""
+    import json
+
+    import export_onnx
+
+    out = tmp_path / "bundle"
+    out.mkdir()
+    (out / "stage1.onnx").write_bytes(b"the shipped graph")
+    summary = tmp_path / "summary.json"
+    summary.write_text(json.dumps({"models": {"someone-else": {}}}))
+    assert export_onnx.main([str(checkpoint), "-o", str(out), "--evaluation", str(summary)]) == 1
+    assert "no single evaluation" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["stage1.onnx"]
+    assert (out / "stage1.onnx").read_bytes() == b"the shipped graph"
+
+
 def test_check_stage_accepts_half_the_tolerance(checkpoint, tmp_path, he40):
     """The other side of the gate: 5e-5 off PyTorch is within 1e-4 and passes, and is measured as such."""
     from training import export as ex

@@ -229,7 +229,7 @@ def export_stages(model, img40: np.ndarray, out: Path, opset: int, log) -> list[
 
 
 def manifest_for(meta: dict, checkpoint: Path, stages: list[dict], img_source: str, opset: int, copy_checkpoint: bool,
-                 name: str | None, version: str | None, evaluation: Path | None = None) -> dict:
+                 name: str | None, version: str | None, evaluation_tables: dict | None = None) -> dict:
     """The bundle's manifest.json (format msr-bundle/1), from the checkpoint's metadata and the checked stages."""
     import torch
 
@@ -247,7 +247,6 @@ def manifest_for(meta: dict, checkpoint: Path, stages: list[dict], img_source: s
             quality[key] = {s["output"]: round(float(v), 4) for s, v in zip(stages, vals)}
     halos = [s["halo"] for s in stages]
     data = training_data(meta)
-    evaluation_tables = quality_from(evaluation, meta.get("name") or checkpoint.stem)
     return {
         "format": BUNDLE_FORMAT,
         "name": name or meta.get("name") or checkpoint.stem,
@@ -300,10 +299,12 @@ def export(checkpoint: Path, out: Path, images: list[Path], opset: int = 18, cop
 
     checkpoint = Path(checkpoint)
     model, meta = load_generator(checkpoint)
+    evaluation_tables = quality_from(evaluation, meta.get("name") or checkpoint.stem)  # before any file is written
     img40, img_source = real_image(images, meta.get("val_images") or [])
     out.mkdir(parents=True, exist_ok=True)
     stages = export_stages(model, img40, out, opset, log)
-    manifest = manifest_for(meta, checkpoint, stages, img_source, opset, copy_checkpoint, name, version, evaluation)
+    manifest = manifest_for(meta, checkpoint, stages, img_source, opset, copy_checkpoint, name, version,
+                            evaluation_tables)
     if copy_checkpoint:
         strip_for_release(checkpoint, out / "checkpoint.pt")
     write_bytes_atomically(out / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
