@@ -96,8 +96,9 @@ def test_checkpoint_round_trip_and_resume_at_the_same_step(tmp_path):
 
 def test_smoke_training_on_real_tiles_leaves_checkpoint_log_and_curves(monuseg, tmp_path):
     out = tmp_path / "smoke"
-    assert main(["--config", SMOKE, "--data", str(monuseg), "--out", str(out)]) == 0
-    for name in ("best.pt", "last.pt", "log.csv", "curves.png", "config.yaml", "command.txt"):
+    assert main(["--config", SMOKE, "--data", str(monuseg), "--out", str(out), "--set", "run.snapshots=true"]) == 0
+    for name in ("best.pt", "last.pt", "log.csv", "curves.png", "config.yaml", "command.txt",
+                 "snapshots/step-10.pt", "snapshots/step-20.pt"):
         assert (out / name).stat().st_size > 0, name
     with open(out / "log.csv") as f:
         rows = list(csv.DictReader(f))

@@ -57,6 +57,7 @@ class RunConfig:
     threads: int | None = None  # CPU threads for torch; None = torch's default
     max_minutes: float | None = None  # stop (and save) after this wall time
     select: str = "psnr"  # best.pt: "psnr" (best seen-lab PSNR-Y) or "last" (e.g. the realistic model)
+    snapshots: bool = False  # also keep the weights of every validation step in snapshots/ (for training/average.py)
     precision: str = "auto"  # "bf16" (autocast; fast on CPUs with AMX/AVX512-BF16), "fp32", "auto" = bf16 on CUDA only
 
     def __post_init__(self) -> None:

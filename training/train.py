@@ -187,11 +187,15 @@ class Trainer:
 
     def save(self, out_dir: Path, scores: list[float], meta: dict) -> None:
         """last.pt always; best.pt when the seen-lab PSNR-Y improves (or every time with
-        ``run.select: last``, for models not chosen by PSNR such as the realistic one)."""
+        ``run.select: last``, for models not chosen by PSNR such as the realistic one);
+        with ``run.snapshots`` the weights of every step saved, for averaging (training/average.py)."""
         mean = float(np.mean(scores))
         if mean > self.best or self.cfg.run.select == "last" or not (out_dir / "best.pt").exists():
             self.best = max(self.best, mean)
             checkpoint.save(out_dir / "best.pt", self.model, step=self.step, best_val=self.best, val_psnr_y=scores, **meta)
+        if self.cfg.run.snapshots:
+            (out_dir / "snapshots").mkdir(exist_ok=True)
+            checkpoint.save(out_dir / "snapshots" / f"step-{self.step}.pt", self.model, step=self.step, val_psnr_y=scores, **meta)
         checkpoint.save(out_dir / "last.pt", self.model, step=self.step, best_val=self.best, val_psnr_y=scores,
                         optimizer=self.opt.state_dict(), discriminator=self.disc.state_dict() if self.disc else None,
                         d_optimizer=self.d_opt.state_dict() if self.d_opt else None,
