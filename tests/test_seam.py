@@ -1,7 +1,7 @@
 """Seam-free by construction: Deep Zoom tiles fetched over HTTP, stitched, equal
 whole-image inference of the same bundle within 1/255 in the interior (10X, 20X, 40X);
-for a small test bundle and for the shipped back-projecting (realistic) model, whose stages
-must get windows on the 5X grid."""
+for a small test bundle, the shipped faithful model (make serve's default) and the shipped
+back-projecting (realistic) model, whose stages must get windows on the 5X grid."""
 import io
 from pathlib import Path
 
@@ -28,16 +28,18 @@ def stitch(client, slide: str, level: int, dims, tile_size: int, overlap: int) -
     return out
 
 
-REALISTIC = Path(__file__).resolve().parents[1] / "tileserver" / "models" / "msr-realistic"
+MODELS = Path(__file__).resolve().parents[1] / "tileserver" / "models"
 
 
-@pytest.fixture(params=["test bundle", "msr-realistic"])
+@pytest.fixture(params=["test bundle", "msr-faithful", "msr-realistic"])
 def seam_bundle(request) -> Path:
     if request.param == "test bundle":
         return request.getfixturevalue("bundle")
-    assert (REALISTIC / "manifest.json").exists(), "the shipped realistic bundle is missing"
-    assert any(load_bundle(REALISTIC).stage_alignment(k) > 1 for k in range(3))  # it back-projects
-    return REALISTIC
+    shipped = MODELS / request.param
+    assert (shipped / "manifest.json").exists(), f"the shipped bundle {request.param} is missing"
+    if request.param == "msr-realistic":
+        assert any(load_bundle(shipped).stage_alignment(k) > 1 for k in range(3))  # it back-projects
+    return shipped
 
 
 def interior_margins(bundle) -> list[int]:
