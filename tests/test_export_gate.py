@@ -108,6 +108,9 @@ def test_an_evaluation_without_this_model_fails_before_any_file_is_written(check
     assert "no single evaluation" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["stage1.onnx"]
     assert (out / "stage1.onnx").read_bytes() == b"the shipped graph"
+    assert export_onnx.main([str(checkpoint), "-o", str(out), "--evaluation", str(tmp_path / "absent.json")]) == 1
+    assert "cannot read the evaluation" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["stage1.onnx"]
 
 
 def test_check_stage_accepts_half_the_tolerance(checkpoint, tmp_path, he40):

@@ -6,7 +6,7 @@ around a minimum; their mean usually lies closer to it than any one of them
 is a checkpoint like any other (evaluate and export it as usual); it records
 the checkpoints and steps it was made from.
 
-    python training/average.py var/snap/step-8000.pt var/snap/step-8250.pt ... -o averaged.pt
+    python training/average.py RUN/best.pt RUN/snapshots/step-3000.pt RUN/snapshots/step-3250.pt ... -o RUN/averaged.pt
 """
 from __future__ import annotations
 
@@ -54,8 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     steps = [s.get("step", 0) for s in states]
     meta = {k: v for k, v in checkpoint.metadata(states[-1]).items()
             if k not in ("format", "model_args", "step", "best_val", "val_psnr_y", "description")}
+    about = f"mean of the weights of {len(states)} checkpoints, steps {steps}"
+    description = f"{states[-1]['description']}; {about}" if states[-1].get("description") else about
     checkpoint.save(args.out, model, **meta, step=max(steps), averaged_from=[str(p) for p in args.checkpoints],
-                    averaged_steps=steps, description=f"{states[-1].get('description', '')}; mean of the weights of {len(states)} checkpoints, steps {steps}".lstrip("; "))
+                    averaged_steps=steps, description=description)
     print(f"wrote {args.out}: mean of {len(states)} checkpoints, steps {steps}")
     return 0
 

@@ -78,7 +78,10 @@ def quality_from(evaluation: Path | None, name: str) -> dict | None:
 
     if evaluation is None:
         return None
-    report = json.loads(Path(evaluation).read_text())
+    try:
+        report = json.loads(Path(evaluation).read_text())
+    except (OSError, ValueError) as e:
+        raise ExportError(f"cannot read the evaluation {evaluation}: {e}") from e
     mine = {k: v for k, v in report["models"].items() if k == name or k.startswith(f"{name} (")}
     if len(mine) != 1:
         raise ExportError(f"{evaluation} holds no single evaluation of {name} (found {sorted(report['models'])})")
