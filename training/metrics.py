@@ -14,7 +14,7 @@ BANDS = [(1 / 32, 1 / 16), (1 / 16, 1 / 8), (1 / 8, 1 / 4), (1 / 4, 1 / 2)]
 
 
 def to_y(img: np.ndarray) -> np.ndarray:
-    """BT.601 luma (the paper's Y) of uint8 RGB, as float in [0, 1]."""
+    """BT.601 luma (the paper's Y) of RGB on the 0..255 scale (uint8 or float), as float in [0, 1]."""
     x = img.astype(np.float64) / 255.0
     return (16.0 + 65.738 * x[..., 0] + 129.057 * x[..., 1] + 25.064 * x[..., 2]) / 255.0
 
@@ -41,15 +41,22 @@ def bicubic_up(img: np.ndarray, factor: int) -> np.ndarray:
     return np.asarray(Image.fromarray(img).resize((w * factor, h * factor), Image.Resampling.BICUBIC))
 
 
-def band_power(img: np.ndarray, bands=BANDS) -> np.ndarray:
-    """Luma power in each radial frequency band (cycles/px), from the periodogram of the
-    mean-removed, Hann-windowed Y channel. Ratios of these between two images of the
-    same size say how much of the real detail at each scale an output restores."""
+def luma_spectrum(img: np.ndarray, bands=BANDS) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The 2-D FFT of the mean-removed, Hann-windowed Y channel of an RGB image (uint8 or
+    float on the 0..255 scale) and a mask per radial frequency band (cycles/px)."""
     y = to_y(img)
     y = y - y.mean()
     h, w = y.shape
     y = y * np.outer(np.hanning(h), np.hanning(w))
-    power = np.abs(np.fft.fft2(y)) ** 2
     fy, fx = np.meshgrid(np.fft.fftfreq(h), np.fft.fftfreq(w), indexing="ij")
     radius = np.hypot(fy, fx)
-    return np.array([power[(radius >= lo) & (radius < hi)].sum() for lo, hi in bands])
+    return np.fft.fft2(y), [(radius >= lo) & (radius < hi) for lo, hi in bands]
+
+
+def band_power(img: np.ndarray, bands=BANDS) -> np.ndarray:
+    """Luma power in each radial frequency band (cycles/px), from the periodogram of the
+    mean-removed, Hann-windowed Y channel. Ratios of these between two images of the
+    same size say how much of the real detail at each scale an output restores."""
+    spectrum, masks = luma_spectrum(img, bands)
+    power = np.abs(spectrum) ** 2
+    return np.array([power[m].sum() for m in masks])

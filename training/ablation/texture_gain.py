@@ -1,0 +1,107 @@
+"""Can a realistic model's 40X texture strength be set per slide from its 5X scan?
+
+The shipped msr-realistic puts about the same texture on every lab, so the frozen
+sections (softer real scans) get too much at 40X [1/8,1/4) cycles/px. This study
+scales the last stage's detail over bicubic, out = B + g·(y − B) (B: bicubic ×2 of
+the 20X output, y: the 40X output), by a gain g that is (a) one number for every
+image or (b) predicted per image from its 5X spectrum, fitted on the training
+images of the training labs only. The spectrum is linear in the image, so each
+image's band power for any g follows from |B|², |D|² and B·D* per band (D = y − B).
+
+    python training/ablation/texture_gain.py [BUNDLE] [--data ../shared/data] [--sources training/configs/faithful.yaml]
+
+Prints, per lab of the validation split, the 40X band-energy ratios [1/16,1/8) /
+[1/8,1/4) against the real image for a range of uniform gains and for the fitted
+per-image gain.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from training.config import load
+from training.data import SourceSpec, load_rgb, scale_levels, split_sources
+from training.metrics import BANDS, luma_spectrum
+from training.upscale import bundle_upscaler
+
+BAND_PAIR = (1, 2)  # [1/16,1/8) and [1/8,1/4): the bands issue 12 bounds to [0.6, 1.4]
+
+
+def image_terms(img40: np.ndarray, upscale, jpeg_quality: int | None) -> dict:
+    """Per band: power of B, of D = y − B, their cross term, of the real 40X; and the 5X input's band powers."""
+    levels = scale_levels(img40, jpeg_quality)
+    outs = upscale(levels[0])
+    x20 = outs[1]
+    b = np.asarray(Image.fromarray(x20).resize((2 * x20.shape[1], 2 * x20.shape[0]), Image.Resampling.BICUBIC))
+    fb, masks = luma_spectrum(b)
+    fy, _ = luma_spectrum(outs[2])
+    fr, _ = luma_spectrum(levels[3])
+    f5, masks5 = luma_spectrum(levels[0])
+    fd = fy - fb
+    power = lambda f, ms: np.array([float((np.abs(f[m]) ** 2).sum()) for m in ms])
+    return {"B": power(fb, masks), "D": power(fd, masks), "R": power(fr, masks), "5X": power(f5, masks5),
+            "BD": np.array([float((fb[m] * np.conj(fd[m])).real.sum()) for m in masks])}
+
+
+def ratio(t: dict, g: float) -> np.ndarray:
+    """Band power of B + g·D over the real image's, per band."""
+    return (t["B"] + 2 * g * t["BD"] + g * g * t["D"]) / t["R"]
+
+
+def features(t: dict) -> np.ndarray:
+    """5X spectral shape: log10 of each band's share of the 5X luma power (and a constant)."""
+    return np.concatenate([[1.0], np.log10(t["5X"] / t["5X"].sum())])
+
+
+def lab_table(rows: list[tuple[str, dict, float]]) -> str:
+    labs: dict[str, list[np.ndarray]] = {}
+    for lab, t, g in rows:
+        labs.setdefault(lab, []).append(np.append(ratio(t, g)[list(BAND_PAIR)], g))
+    return "  ".join(f"{lab} {m[0]:.2f}/{m[1]:.2f} (g {m[2]:.2f})" for lab, v in sorted(labs.items()) for m in [np.mean(v, 0)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("bundle", nargs="?", type=Path, default=Path("tileserver/models/msr-realistic"))
+    ap.add_argument("--data", type=Path, default=Path("../shared/data"))
+    ap.add_argument("--sources", type=Path, default=Path("training/configs/faithful.yaml"))
+    args = ap.parse_args(argv)
+    cfg = load(args.sources)
+    specs = [SourceSpec.from_dict(d) for d in cfg.data.sources]
+    try:
+        train, val = split_sources(specs, args.data)
+    except OSError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    held = {s.lab for s in specs if s.held_out}
+    upscale, info = bundle_upscaler(args.bundle)
+    terms = lambda items, desc: [(lab, image_terms(load_rgb(p), upscale, info["jpeg_quality"]))
+                                 for lab, p in tqdm(items, desc=desc, unit="image")]
+    fit_rows = terms([(s.lab, p) for s, p in train if s.lab not in held], "fit images")
+    val_rows = terms(val, "validation images")
+    soft: dict[str, list[float]] = {}
+    for lab, t in val_rows:
+        soft.setdefault(lab, []).append(float(np.log10(t["R"][BAND_PAIR[1]] / t["R"][0])))
+    print("real 40X softness, log10 power [1/8,1/4) over [1/32,1/16): "
+          + "  ".join(f"{lab} {np.mean(v):+.2f}" for lab, v in sorted(soft.items())))
+    print(f"40X band energy / real, {BANDS[BAND_PAIR[0]]} / {BANDS[BAND_PAIR[1]]} cycles/px, validation split by lab:")
+    for g in np.arange(0.8, 1.21, 0.1):
+        print(f"uniform g {g:.1f}: " + lab_table([(lab, t, g) for lab, t in val_rows]))
+    # per image: predict log10(real / output) at [1/8,1/4) from the 5X spectrum; g = sqrt(target · predicted)
+    x = np.array([features(t) for _, t in fit_rows])
+    y = np.log10([t["R"][BAND_PAIR[1]] / (t["B"] + 2 * t["BD"] + t["D"])[BAND_PAIR[1]] for _, t in fit_rows])
+    coef = np.linalg.lstsq(x, y, rcond=None)[0]
+    print(f"fit on {len(fit_rows)} training images of the training labs: correlation {np.corrcoef(x @ coef, y)[0, 1]:.2f}")
+    for target in (1.0, 0.85):
+        gains = [float(np.clip(np.sqrt(target * 10 ** (features(t) @ coef)), 0.3, 1.5)) for _, t in val_rows]
+        print(f"fitted g, target {target}: " + lab_table([(lab, t, g) for (lab, t), g in zip(val_rows, gains)]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
