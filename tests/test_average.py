@@ -38,3 +38,13 @@ def test_checkpoints_of_other_widths_are_refused_with_exit_2(tmp_path, capsys):
     assert "different architectures" in capsys.readouterr().err
     assert not (tmp_path / "mean.pt").exists()
     assert main([str(tmp_path / "missing.pt"), "-o", str(tmp_path / "mean.pt")]) == 2
+
+
+def test_averages_can_be_averaged_again(tmp_path):
+    """A mean of two fine-tunes' means (a model soup): the new lineage replaces the old one."""
+    for name, seed, step in (("a", 0, 100), ("b", 1, 200), ("c", 2, 300)):
+        saved(tmp_path / f"{name}.pt", SMALL, seed, step)
+    assert main([str(tmp_path / "a.pt"), str(tmp_path / "b.pt"), "-o", str(tmp_path / "ab.pt")]) == 0
+    assert main([str(tmp_path / "ab.pt"), str(tmp_path / "c.pt"), "-o", str(tmp_path / "soup.pt")]) == 0
+    _, meta = checkpoint.load_generator(tmp_path / "soup.pt")
+    assert meta["averaged_steps"] == [200, 300] and meta["averaged_from"] == [str(tmp_path / "ab.pt"), str(tmp_path / "c.pt")]

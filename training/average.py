@@ -41,7 +41,7 @@ def average_states(states: list[dict]) -> dict[str, torch.Tensor]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("checkpoints", type=Path, nargs="+", help="checkpoints of one run")
+    ap.add_argument("checkpoints", type=Path, nargs="+", help="checkpoints of one run, or of fine-tunes from one checkpoint")
     ap.add_argument("-o", "--out", type=Path, required=True)
     args = ap.parse_args(argv)
     try:
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     steps = [s.get("step", 0) for s in states]
     meta = {k: v for k, v in checkpoint.metadata(states[-1]).items()
-            if k not in ("format", "model_args", "step", "best_val", "val_psnr_y", "description")}
+            if k not in ("format", "model_args", "step", "best_val", "val_psnr_y", "description", "averaged_from", "averaged_steps")}
     about = f"mean of the weights of {len(states)} checkpoints, steps {steps}"
     description = f"{states[-1]['description']}; {about}" if states[-1].get("description") else about
     checkpoint.save(args.out, model, **meta, step=max(steps), averaged_from=[str(p) for p in args.checkpoints],
