@@ -15,6 +15,17 @@ import statistics
 LEVEL_NAMES = ("40X", "20X", "10X")
 
 
+def model_label(bundle: str) -> str:
+    """``name@version`` from the bundle's manifest (two versions of one model stay apart), else the folder."""
+    from pathlib import Path
+
+    try:
+        m = json.loads((Path(bundle) / "manifest.json").read_text())
+        return f"{m['name']}@{m['version']}"
+    except (OSError, ValueError, KeyError):
+        return Path(bundle).name
+
+
 def cold_tiles(srv, client_cls, spread_tiles, samples: int) -> dict[str, list[float]]:
     """Seconds per cold tile at 40X, 20X and 10X on one fresh server (a fresh server per level)."""
     from tileserver.raster.geometry import dz_level_dims, tile_grid
@@ -42,7 +53,7 @@ def measure(args: argparse.Namespace, server_for, client_cls, spread_tiles) -> d
             times = cold_tiles(lambda: server_for(model), client_cls, spread_tiles, args.samples)
             for name, ts in times.items():
                 pooled[str(model)][name] += ts
-            print(f"round {r + 1}: {model.name}: " + ", ".join(
+            print(f"round {r + 1}: {model_label(model)}: " + ", ".join(
                 f"{n} {1000 * statistics.median(ts):.0f} ms" for n, ts in times.items()), flush=True)
     return pooled
 
@@ -50,11 +61,11 @@ def measure(args: argparse.Namespace, server_for, client_cls, spread_tiles) -> d
 def format_measure(pooled: dict[str, dict[str, list[float]]]) -> str:
     base = next(iter(pooled))
     lines = ["| model | " + " | ".join(f"cold {n} p50" for n in LEVEL_NAMES) + " | "
-             + " | ".join(f"{n} / {base.rsplit('/', 1)[-1]}" for n in LEVEL_NAMES) + " |",
+             + " | ".join(f"{n} / {model_label(base)}" for n in LEVEL_NAMES) + " |",
              "|---|" + "---:|" * (2 * len(LEVEL_NAMES))]
     for model, levels in pooled.items():
         p50 = {n: statistics.median(ts) for n, ts in levels.items()}
         ratio = {n: p50[n] / statistics.median(pooled[base][n]) for n in LEVEL_NAMES}
-        lines.append(f"| {model.rsplit('/', 1)[-1]} | " + " | ".join(f"{1000 * p50[n]:.1f} ms" for n in LEVEL_NAMES)
+        lines.append(f"| {model_label(model)} | " + " | ".join(f"{1000 * p50[n]:.1f} ms" for n in LEVEL_NAMES)
                      + " | " + " | ".join(f"{ratio[n]:.2f}×" for n in LEVEL_NAMES) + " |")
     return "\n".join(lines)

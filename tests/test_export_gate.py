@@ -143,7 +143,7 @@ def test_bundle_halos_are_the_smallest_that_meet_the_tolerance(bundle, he40):
     """Measured here on the image the export used: halo h is within the tolerance, h - 2 is not."""
     from tileserver.inference import to_float
     from training.data import scale_levels
-    from training.export import HALO_TOLERANCE, centre_crop
+    from training.export import centre_crop, halo_tolerance
 
     m = json.loads((bundle / "manifest.json").read_text())
     halos = m["halo_measurement"]["per_stage_halo"]
@@ -153,9 +153,11 @@ def test_bundle_halos_are_the_smallest_that_meet_the_tolerance(bundle, he40):
         run = onnx_run(bundle / spec["file"])
         x = to_float(centre_crop(levels[k], 160))[0]
         whole = run(x[None])[0]
-        assert interior_error(run, x, whole, h, 32, 32) <= HALO_TOLERANCE, f"stage {k + 1}: halo {h} too small"
+        tol = halo_tolerance(k, len(halos))
+        assert m["halo_measurement"]["tolerance_per_255"][k] == round(tol * 255, 4)
+        assert interior_error(run, x, whole, h, 32, 32) <= tol, f"stage {k + 1}: halo {h} too small"
         if h >= 2:
-            assert interior_error(run, x, whole, h - 2, 32, 32) > HALO_TOLERANCE, f"stage {k + 1}: halo {h} not the smallest"
+            assert interior_error(run, x, whole, h - 2, 32, 32) > tol, f"stage {k + 1}: halo {h} not the smallest"
 
 
 def test_halo_is_measured_at_every_window_phase():

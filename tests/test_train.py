@@ -36,7 +36,7 @@ def fixed_batch(seed=0, n=2, crop=16):
     return [rng.integers(0, 256, (n, crop * 2**i, crop * 2**i, 3), dtype=np.uint8) for i in range(4)]
 
 
-@pytest.mark.parametrize("extra", [{}, {"ssim": 0.05, "fft": 0.05}])
+@pytest.mark.parametrize("extra", [{}, {"ssim": 0.05, "fft": 0.05}, {"mse": 1.0}])
 def test_one_optimisation_step_lowers_the_loss(extra):
     torch.manual_seed(0)
     cfg = load(SMOKE)

@@ -21,7 +21,15 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 PARITY_TOLERANCE = 1e-4
-HALO_TOLERANCE = 0.1 / 255  # float error per stage; leaves room for uint8 rounding along the chain
+HALO_TOLERANCE = 0.1 / 255  # float error of a stage that feeds another: leaves room for uint8 rounding along the chain
+# The last stage's output is rounded once and served: a float error under 1/255 moves a served value by at most
+# one level, the seam guarantee; a quarter of that keeps a 4x margin for images other than the one measured.
+LAST_STAGE_HALO_TOLERANCE = 0.25 / 255
+
+
+def halo_tolerance(k: int, stages: int) -> float:
+    """The blockwise-inference error allowed for stage ``k`` (from 0) of ``stages``."""
+    return LAST_STAGE_HALO_TOLERANCE if k == stages - 1 else HALO_TOLERANCE
 BLOCK_SIZE = 128  # recommended block (input pixels per side, before the halo)
 MONUSEG_TILES = 30
 MONUSEG = "MoNuSeg 2018 training set: 30 H&E 1000x1000 40X tiles from TCGA diagnostic slides (Kumar et al., IEEE TMI 2017)"
@@ -177,7 +185,8 @@ def input_alignment(k: int, stage) -> int:
     return 2 ** k if getattr(stage, "projection", 0) else 1
 
 
-def check_stage(k: int, stage, path: Path, real: np.ndarray, rng: np.random.Generator, log) -> tuple[float, int, dict]:
+def check_stage(k: int, stage, path: Path, real: np.ndarray, rng: np.random.Generator, log,
+                tolerance: float = HALO_TOLERANCE) -> tuple[float, int, dict]:
     """Parity with PyTorch and the halo of one exported stage: (max diff, halo, error per halo /255)."""
     import onnxruntime as ort
 
@@ -194,10 +203,10 @@ def check_stage(k: int, stage, path: Path, real: np.ndarray, rng: np.random.Gene
         raise ExportError(f"stage {k + 1}: ONNX differs from PyTorch by {diff:.3g} > {PARITY_TOLERANCE}")
     run = lambda x: sess.run(None, {sess.get_inputs()[0].name: np.ascontiguousarray(x, np.float32)})[0]  # noqa: E731
     errs = measure_halo(run, to_float(centre_crop(real, 160))[0], align=input_alignment(k, stage))
-    h = smallest_halo(errs, HALO_TOLERANCE)
+    h = smallest_halo(errs, tolerance)
     if h is None:
         raise ExportError(f"stage {k + 1}: no halo up to {max(errs)} px keeps blockwise inference within "
-                          f"{HALO_TOLERANCE * 255:.2f}/255 at every window phase (error by halo: "
+                          f"{tolerance * 255:.2f}/255 at every window phase (error by halo: "
                           + ", ".join(f"{a}:{e * 255:.2f}" for a, e in errs.items()) + " /255); a stage that "
                           "subsamples on a fixed grid, such as a back-projection to 5X, depends on where a block starts")
     log(f"stage {k + 1}: halo {h} px (interior error by halo: " + ", ".join(f"{a}:{e * 255:.3f}" for a, e in errs.items())
@@ -219,7 +228,7 @@ def export_stages(model, img40: np.ndarray, out: Path, opset: int, log) -> list[
             path = out / f"stage{k + 1}.onnx"
             export_stage(stage, path, opset)
             written.append(path)
-            diff, halo, errors = check_stage(k, stage, path, inputs[k], rng, log)
+            diff, halo, errors = check_stage(k, stage, path, inputs[k], rng, log, halo_tolerance(k, len(model.stages)))
             stages.append({"file": path.name, "sha256": sha256_file(path), "scale": 2, "input": f"{5 * 2 ** k}X",
                            "output": f"{10 * 2 ** k}X", "parity": diff, "halo": halo, "errors": errors})
             if input_alignment(k, stage) > 1:
@@ -270,7 +279,7 @@ def manifest_for(meta: dict, checkpoint: Path, stages: list[dict], img_source: s
         "halo": max(halos),
         "halo_measurement": {
             "method": "blockwise (32 px cores) vs whole-image inference on a real image, interior blocks, clipped to [0, 1]",
-            "tolerance_per_255": round(HALO_TOLERANCE * 255, 4),
+            "tolerance_per_255": [round(halo_tolerance(k, len(stages)) * 255, 4) for k in range(len(stages))],
             "image": Path(img_source).name,
             "per_stage_halo": halos,
             "max_error_per_255_by_halo": {f"stage{k + 1}": s["errors"] for k, s in enumerate(stages)},

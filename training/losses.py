@@ -19,6 +19,7 @@ from training.model import BicubicDown2, PatchDiscriminator, VGGFeatures
 @dataclasses.dataclass
 class LossWeights:
     l1: float = 0.06
+    mse: float = 0.0  # mean squared error per scale: what PSNR measures
     ssim: float = 0.0
     fft: float = 0.0
     perceptual: float = 0.0
@@ -116,6 +117,8 @@ class GeneratorLoss(torch.nn.Module):
 
         for sr, hr in zip(outputs, targets):
             add("l1", F.l1_loss(sr, hr), self.w.l1)
+            if self.w.mse:
+                add("mse", F.mse_loss(sr, hr), self.w.mse)
             if self.w.ssim:
                 add("ssim", ssim_loss(sr, hr), self.w.ssim)
             if self.w.fft:

@@ -101,7 +101,7 @@ class ValidationSet:
         return self.psnr_y_by_lab(lambda img5: [bicubic_up(img5, 2 ** (i + 1)) for i in range(3)])
 
 
-LOG_FIELDS = ["step", "epoch", "lr", "loss", "l1", "ssim", "fft", "perceptual", "adversarial", "feature_match",
+LOG_FIELDS = ["step", "epoch", "lr", "loss", "l1", "mse", "ssim", "fft", "perceptual", "adversarial", "feature_match",
               "spectrum", "band_energy", "consistency", "d_loss", *[f"val_psnr_y_{s}" for s in SCALE_NAMES], "val_psnr_y_mean", *[f"val_40X_band{b}" for b in range(4)], "val_consistency", "threshold", "seconds"]
 
 
