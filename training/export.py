@@ -25,16 +25,16 @@ HALO_TOLERANCE = 0.1 / 255  # float error of a stage that feeds another: leaves 
 # The last stage's output is rounded once and served: a float error under 1/255 moves a served value by at most
 # one level, the seam guarantee; a quarter of that keeps a 4x margin for images other than the one measured.
 LAST_STAGE_HALO_TOLERANCE = 0.25 / 255
-
-
-def halo_tolerance(k: int, stages: int) -> float:
-    """The blockwise-inference error allowed for stage ``k`` (from 0) of ``stages``."""
-    return LAST_STAGE_HALO_TOLERANCE if k == stages - 1 else HALO_TOLERANCE
 BLOCK_SIZE = 128  # recommended block (input pixels per side, before the halo)
 MONUSEG_TILES = 30
 MONUSEG = "MoNuSeg 2018 training set: 30 H&E 1000x1000 40X tiles from TCGA diagnostic slides (Kumar et al., IEEE TMI 2017)"
 INPUT_MPP = 2.0
 TORCH_EXPORTER_LOG = "torch.onnx._internal.exporter._registration"  # says "torchvision is not installed" per op
+
+
+def halo_tolerance(k: int, stages: int) -> float:
+    """The blockwise-inference error allowed for stage ``k`` (from 0) of ``stages``."""
+    return LAST_STAGE_HALO_TOLERANCE if k == stages - 1 else HALO_TOLERANCE
 
 
 class ExportError(RuntimeError):
