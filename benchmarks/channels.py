@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-DEFAULT = ["msr-lite=32,32,32/16,16,16", "msr-faithful@2350=48,40,36/24,20,18", "msr-faithful@2950=48,48,32/32,32,16",
+DEFAULT = ["msr-lite=32,32,32/16,16,16", "msr-faithful@2350=48,40,36/24,20,18", "msr-faithful=48,48,32/32,32,16",
            "all-48-32=48,48,48/32,32,32"]
 INPUT_SIDES = (40, 80, 140)  # a block's input per stage (5X, 10X, 20X), as served for one 40X tile
 
