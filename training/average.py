@@ -28,7 +28,7 @@ def average_states(states: list[dict]) -> dict[str, torch.Tensor]:
     keys = states[0]["model"].keys()
     for s in states[1:]:
         if s["model_args"] != args or s["model"].keys() != keys:
-            raise ValueError("the checkpoints have different architectures; only one run's checkpoints can be averaged")
+            raise ValueError("the checkpoints have different architectures; only checkpoints of one architecture can be averaged")
     mean = {}
     for k in keys:
         first = states[0]["model"][k]

@@ -21,12 +21,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from training.config import load
 from training.data import SourceSpec, load_rgb, scale_levels, split_sources
-from training.metrics import BANDS, luma_spectrum
+from training.metrics import BANDS, bicubic_up, luma_spectrum
 from training.upscale import bundle_upscaler
 
 BAND_PAIR = (1, 2)  # [1/16,1/8) and [1/8,1/4): the bands issue 12 bounds to [0.6, 1.4]
@@ -36,9 +35,7 @@ def image_terms(img40: np.ndarray, upscale, jpeg_quality: int | None) -> dict:
     """Per band: power of B, of D = y − B, their cross term, of the real 40X; and the 5X input's band powers."""
     levels = scale_levels(img40, jpeg_quality)
     outs = upscale(levels[0])
-    x20 = outs[1]
-    b = np.asarray(Image.fromarray(x20).resize((2 * x20.shape[1], 2 * x20.shape[0]), Image.Resampling.BICUBIC))
-    fb, masks = luma_spectrum(b)
+    fb, masks = luma_spectrum(bicubic_up(outs[1], 2))
     fy, _ = luma_spectrum(outs[2])
     fr, _ = luma_spectrum(levels[3])
     f5, masks5 = luma_spectrum(levels[0])
@@ -94,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"uniform g {g:.1f}: " + lab_table([(lab, t, g) for lab, t in val_rows]))
     # per image: predict log10(real / output) at [1/8,1/4) from the 5X spectrum; g = sqrt(target · predicted)
     x = np.array([features(t) for _, t in fit_rows])
-    y = np.log10([t["R"][BAND_PAIR[1]] / (t["B"] + 2 * t["BD"] + t["D"])[BAND_PAIR[1]] for _, t in fit_rows])
+    y = -np.log10([ratio(t, 1.0)[BAND_PAIR[1]] for _, t in fit_rows])
     coef = np.linalg.lstsq(x, y, rcond=None)[0]
     print(f"fit on {len(fit_rows)} training images of the training labs: correlation {np.corrcoef(x @ coef, y)[0, 1]:.2f}")
     for target in (1.0, 0.85):
