@@ -13,15 +13,17 @@ CFG=training/configs/faithful.yaml
 LITE=(--set 'model.features=32' --set 'model.growth=16' --set 'model.blocks=1')
 NOAUG=(--set 'data.augment={}')
 COLOUR=(--set 'data.augment={hed: 0.05, brightness: 0.1, contrast: 0.1, saturation: 0.1}')
-COMMON=(--config "$CFG" --data ../shared/data --set "run.epochs=1" --set "run.steps_per_epoch=$STEPS")
+INPUT=(--set 'data.augment={hed: 0.05, brightness: 0.1, contrast: 0.1, saturation: 0.1, jpeg_range: [75, 95], defocus: 0.6, defocus_p: 0.25}')
+COMMON=(--config "$CFG" --data ../shared/data --set "run.epochs=1" --set "run.steps_per_epoch=$STEPS" \
+        --set run.threads=1 --set run.max_minutes=null --set run.snapshots=false)
 run() { local name=$1; shift; [ -f "$OUT/$name/best.pt" ] || "$PY" training/train.py "${COMMON[@]}" --out "$OUT/$name" "$@"; }
 run a-monuseg-only "${LITE[@]}" "${NOAUG[@]}" --set 'data.train_only=[monuseg]'
 run b-multilab "${LITE[@]}" "${NOAUG[@]}"
 run c-multilab-colour "${LITE[@]}" "${COLOUR[@]}"
-run d-multilab-colour-input "${LITE[@]}"
+run d-multilab-colour-input "${LITE[@]}" "${INPUT[@]}"
 # e: the widths of the recorded run (results-300-steps.md); faithful.yaml has since moved to widths in
 # multiples of 16 (its header)
-run e-capacity --set 'model.features=[48,40,36]' --set 'model.growth=[24,20,18]' "$@"
+run e-capacity --set 'model.features=[48,40,36]' --set 'model.growth=[24,20,18]' "${INPUT[@]}" "$@"
 "$PY" training/ablation/table.py "$OUT"/{a-monuseg-only,b-multilab,c-multilab-colour,d-multilab-colour-input,e-capacity} \
     | tee "$OUT/table.md"
 [ "${EVALUATE:-0}" = 1 ] || exit 0
