@@ -95,3 +95,24 @@ def test_the_screen_floor_bounds_the_served_grid_from_below():
     rows = {r["grid"]: r["40X screen"] for r in chain.grid_table(halos)}
     floor = chain.screen_floor(halos)
     assert floor["top_blocks"] < floor["one_window_below"] < rows["fans 10X=2, 20X=1"] < rows["main (tile grid)"]
+
+
+def test_cold_ratio_divides_a_cold_tile_by_one_block_and_by_one_chain():
+    """benchmarks/chain.py reads the server's per-stage block runs from /metrics: a tile of 90 ms against
+    stage runs of 30 + 20 + 40 ms is 2.25 last-stage blocks and 1.0 chain."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import chain
+
+    metrics = "".join(f'tileserver_inference_seconds_sum{{stage="{k}"}} {2 * t}\n'
+                      f'tileserver_inference_seconds_count{{stage="{k}"}} 2.0\n' for k, t in ((1, 0.03), (2, 0.02), (3, 0.04)))
+
+    class Client:
+        def get(self, path):
+            return (200, metrics.encode(), 0.09)
+
+    r = chain.cold_ratio(Client(), "s", 13, [(0, 0), (5, 5)])
+    assert r["ratio"] == pytest.approx(2.25) and r["chain_ratio"] == pytest.approx(1.0)
+    assert r["stage_ms"] == pytest.approx([30, 20, 40])
