@@ -73,3 +73,23 @@ def test_evaluate_cli(monuseg, smoke_checkpoint, capsys):
     out = capsys.readouterr().out
     assert "40X" in out and "lab-a" in out
     assert main([str(smoke_checkpoint.with_name("missing.pt"))]) == 2
+
+
+def test_texture_gain_study_band_power_in_closed_form_matches_the_scaled_image():
+    """training/ablation/texture_gain.py's ratio(t, g) from |B|², |D|² and B·D* equals the band power of
+    B + g·(y − B) computed directly, in the four bands and in the 16 fine ones."""
+    from training.ablation import texture_gain as tg
+    from training.metrics import bicubic_up
+
+    rng = np.random.default_rng(3)
+    img40 = rng.integers(0, 256, (128, 128, 3)).astype(np.uint8)
+    y20 = rng.integers(0, 256, (64, 64, 3)).astype(np.uint8)  # model outputs are uint8
+    y40 = rng.integers(0, 256, (128, 128, 3)).astype(np.uint8)
+    upscale = lambda x5: [None, y20, y40]  # noqa: E731  (the study's (10X, 20X, 40X) of one model)
+    for bands in (tg.BANDS, tg.FINE):
+        t = tg.image_terms(img40, upscale, None, bands)
+        b = bicubic_up(y20, 2)
+        for g in (0.0, 0.7, 1.3):
+            direct = band_power(b + g * (y40.astype(np.float64) - b), bands) / band_power(tg.scale_levels(img40)[3], bands)
+            np.testing.assert_allclose(tg.ratio(t, g), direct, rtol=1e-6)
+    assert "output/real" in tg.fine_table([("lab-a", t)])

@@ -8,11 +8,12 @@ image or (b) predicted per image from its 5X spectrum, fitted on the training
 images of the training labs only. The spectrum is linear in the image, so each
 image's band power for any g follows from |B|², |D|² and B·D* per band (D = y − B).
 
-    python training/ablation/texture_gain.py [BUNDLE] [--data ../shared/data] [--sources training/configs/faithful.yaml]
+    python training/ablation/texture_gain.py [BUNDLE] [--data ../shared/data] [--sources training/configs/faithful.yaml] [--fine]
 
 Prints, per lab of the validation split, the 40X band-energy ratios [1/16,1/8) /
 [1/8,1/4) against the real image for a range of uniform gains and for the fitted
-per-image gain.
+per-image gain; with --fine, the output's and the real image's power in 16 bands
+(4 per octave) instead.
 """
 from __future__ import annotations
 
@@ -31,14 +32,17 @@ from training.upscale import bundle_upscaler
 BAND_PAIR = (1, 2)  # [1/16,1/8) and [1/8,1/4): the bands issue 12 bounds to [0.6, 1.4]
 
 
-def image_terms(img40: np.ndarray, upscale, jpeg_quality: int | None) -> dict:
+FINE = list(zip(np.geomspace(1 / 32, 1 / 2, 17)[:-1], np.geomspace(1 / 32, 1 / 2, 17)[1:]))  # 4 per octave
+
+
+def image_terms(img40: np.ndarray, upscale, jpeg_quality: int | None, bands=BANDS) -> dict:
     """Per band: power of B, of D = y − B, their cross term, of the real 40X; and the 5X input's band powers."""
     levels = scale_levels(img40, jpeg_quality)
     outs = upscale(levels[0])
-    fb, masks = luma_spectrum(bicubic_up(outs[1], 2))
-    fy, _ = luma_spectrum(outs[2])
-    fr, _ = luma_spectrum(levels[3])
-    f5, masks5 = luma_spectrum(levels[0])
+    fb, masks = luma_spectrum(bicubic_up(outs[1], 2), bands)
+    fy, _ = luma_spectrum(outs[2], bands)
+    fr, _ = luma_spectrum(levels[3], bands)
+    f5, masks5 = luma_spectrum(levels[0], bands)
     fd = fy - fb
     power = lambda f, ms: np.array([float((np.abs(f[m]) ** 2).sum()) for m in ms])
     return {"B": power(fb, masks), "D": power(fd, masks), "R": power(fr, masks), "5X": power(f5, masks5),
@@ -62,11 +66,25 @@ def lab_table(rows: list[tuple[str, dict, float]]) -> str:
     return "  ".join(f"{lab} {m[0]:.2f}/{m[1]:.2f} (g {m[2]:.2f})" for lab, v in sorted(labs.items()) for m in [np.mean(v, 0)])
 
 
+def fine_table(rows: list[tuple[str, dict]]) -> str:
+    """Per lab and band of ``FINE``: the 40X output's power over the real image's, and the real image's power
+    relative to its own in [1/32, 1/16) (how fast each lab's real scans fall off)."""
+    lines = ["band from (cycles/px)      " + " ".join(f"{lo:5.3f}" for lo, _ in FINE)]
+    for lab in sorted({lab for lab, _ in rows}):
+        ts = [t for name, t in rows if name == lab]
+        out = np.mean([ratio(t, 1.0) for t in ts], 0)
+        real = np.mean([t["R"] / t["R"][:4].sum() for t in ts], 0)
+        lines += [f"{lab[:16]:<16} output/real " + " ".join(f"{v:5.2f}" for v in out),
+                  f"{'':<16} real/low    " + " ".join(f"{v:5.3f}" for v in real)]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("bundle", nargs="?", type=Path, default=Path("tileserver/models/msr-realistic"))
     ap.add_argument("--data", type=Path, default=Path("../shared/data"))
     ap.add_argument("--sources", type=Path, default=Path("training/configs/faithful.yaml"))
+    ap.add_argument("--fine", action="store_true", help="only the validation table in 16 bands, 4 per octave")
     args = ap.parse_args(argv)
     cfg = load(args.sources)
     specs = [SourceSpec.from_dict(d) for d in cfg.data.sources]
@@ -79,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     upscale, info = bundle_upscaler(args.bundle)
     terms = lambda items, desc: [(lab, image_terms(load_rgb(p), upscale, info["jpeg_quality"]))
                                  for lab, p in tqdm(items, desc=desc, unit="image")]
+    if args.fine:
+        rows = [(lab, image_terms(load_rgb(p), upscale, info["jpeg_quality"], FINE)) for lab, p in tqdm(val, unit="image")]
+        print(fine_table(rows))
+        return 0
     fit_rows = terms([(s.lab, p) for s, p in train if s.lab not in held], "fit images")
     val_rows = terms(val, "validation images")
     soft: dict[str, list[float]] = {}
