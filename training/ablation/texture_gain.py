@@ -32,7 +32,8 @@ from training.upscale import bundle_upscaler
 BAND_PAIR = (1, 2)  # [1/16,1/8) and [1/8,1/4): the bands issue 12 bounds to [0.6, 1.4]
 
 
-FINE = list(zip(np.geomspace(1 / 32, 1 / 2, 17)[:-1], np.geomspace(1 / 32, 1 / 2, 17)[1:]))  # 4 per octave
+_EDGES = np.geomspace(1 / 32, 1 / 2, 17)
+FINE = list(zip(_EDGES[:-1], _EDGES[1:]))  # 4 bands per octave; the first 4 are [1/32, 1/16)
 
 
 def image_terms(img40: np.ndarray, upscale, jpeg_quality: int | None, bands=BANDS) -> dict:
