@@ -10,7 +10,10 @@ block runs at the lowest priority under a demand that dies the moment
 interactive work arrives (a tile request, an interactive inference job) or
 the viewer moves on, so the queue drops what has not started and an
 interactive tile waits at most for the one block already running. A burst
-runs once per new view: a viewer who stops asking costs nothing more.
+cut short by interactive work that is not a new view (another viewer's cold
+tile, or the race of a tile request noted just before its work starts) goes on
+once the queue is idle again, within the same bounds; a view's blocks are made
+once: a viewer who stops asking costs nothing more.
 """
 from __future__ import annotations
 
@@ -57,6 +60,7 @@ class Prefetcher:
         self._active = 0  # interactive tile requests in progress
         self._generation = 0  # bumped by every tile noted: a new view to prefetch for
         self._done_generation = 0
+        self._made = (0, 0)  # (generation, blocks made for it): one view's bound holds across interrupted bursts
         self._closed = False
         self._prefetched: collections.OrderedDict[Hashable, None] = collections.OrderedDict()
         self.counts = collections.Counter()  # bursts, blocks, cancelled, errors, hits
@@ -128,18 +132,18 @@ class Prefetcher:
             self._thread.join(timeout=5)
 
     # -- the burst -------------------------------------------------------------------
-    def plan(self) -> tuple[SlideRasters, int, list[tuple[int, int]]] | None:
+    def plan(self, made: int = 0) -> tuple[SlideRasters, int, list[tuple[int, int]]] | None:
         """(rasters, plane, blocks to make) for the viewer seen last that has something to make, centre first,
-        within the bounds; None when no viewer has."""
+        within the bounds less the ``made`` blocks already made for this view; None when no viewer has."""
         with self._cv:
             views = [(slide, list(recent)) for (_, slide), recent in reversed(self._views.items())]
         for slide, recent in views:
-            planned = self._plan_view(slide, recent)
+            planned = self._plan_view(slide, recent, made)
             if planned and planned[2]:
                 return planned
         return None
 
-    def _plan_view(self, slide: str, recent: list) -> tuple[SlideRasters, int, list[tuple[int, int]]] | None:
+    def _plan_view(self, slide: str, recent: list, made: int) -> tuple[SlideRasters, int, list[tuple[int, int]]] | None:
         plane = recent[-1][0]
         regions = [r for p, r in recent if p == plane]
         rasters = self.rasters_of(slide)
@@ -156,8 +160,8 @@ class Prefetcher:
 
         blocks = sorted((b for b in up.layout(x0, y0, x1 - x0, y1 - y0) if not up.cached(*b)), key=distance)
         side = up.grid.lengths[up.index - 1]
-        limit = min(self.max_blocks, self.max_bytes // (3 * side * side))
-        return rasters, plane + 1, blocks[:limit]
+        limit = min(self.max_blocks, self.max_bytes // (3 * side * side)) - made
+        return rasters, plane + 1, blocks[:max(0, limit)]
 
     def _loop(self) -> None:
         while True:
@@ -167,16 +171,20 @@ class Prefetcher:
                     return
                 generation = self._generation
                 self._busy = True
+                self._cv.notify_all()
+            finished = False
             try:
                 idle = False
                 while not (idle or self._closed):
                     idle = self.queue.wait_idle(timeout=0.5)
                 if idle and not self._quiet_broken(generation):
-                    self._burst(generation)
+                    finished = self._burst(generation)
             finally:
                 with self._cv:
                     self._busy = False
-                    self._done_generation = generation if self._generation == generation else self._done_generation
+                    # interrupted (by interactive work or a newer view): not done, so it is planned again
+                    if finished and self._generation == generation:
+                        self._done_generation = generation
                     self._cv.notify_all()
 
     def _quiet_broken(self, generation: int) -> bool:
@@ -185,10 +193,15 @@ class Prefetcher:
             return self._cv.wait_for(lambda: self._closed or self._active > 0 or self._generation != generation,
                                      IDLE_GRACE)
 
-    def _burst(self, generation: int) -> None:
-        planned = self.plan()
+    def _burst(self, generation: int) -> bool:
+        """Make the planned blocks of ``generation``'s view; False when interactive work or a newer view cut it
+        short (the loop plans again once the queue is idle), True when it ran out of blocks or met an error."""
+        with self._cv:
+            if self._made[0] != generation:
+                self._made = (generation, 0)
+        planned = self.plan(self._made[1])
         if not planned:
-            return
+            return True
         rasters, plane, blocks = planned
         seen = self.queue.interactive_jobs
 
@@ -201,18 +214,20 @@ class Prefetcher:
             for bx, by in blocks:
                 if not alive() or self._closed:
                     self.counts["cancelled"] += 1
-                    return
+                    return False
                 try:
                     sp.block(bx, by)
                 except Cancelled:
                     self.counts["cancelled"] += 1
-                    return
+                    return False
                 except Exception:  # a broken block must not stop the server; it is logged and counted
                     log.exception("prefetch of block %s of plane %d failed", (bx, by), plane)
                     self.counts["errors"] += 1
-                    return
+                    return True
                 with self._cv:
                     self.counts["blocks"] += 1
+                    self._made = (generation, self._made[1] + 1)
                     self._prefetched[(sp.key, plane, bx, by)] = None
                     while len(self._prefetched) > 4 * max(1, self.max_blocks):
                         self._prefetched.popitem(last=False)
+        return True
