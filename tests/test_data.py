@@ -6,7 +6,8 @@ import pytest
 import tifffile
 
 from tileserver.degrade import halve
-from training.augment import AugmentConfig, degrade_input, recolour
+from training.augment import AugmentConfig, degrade_input, recolour, sharpen
+from training.metrics import band_power
 from training.data import (
     AUGMENTATIONS, BatchSampler, DataError, SourceSpec, augment, build_dataset, curriculum_threshold, flatness,
     patient_id, sample_pair, split_by_patient,
@@ -112,6 +113,19 @@ def test_recolour_changes_colour_not_structure_and_input_degradation_only_touche
     assert not np.array_equal(degrade_input(img[:32, :32], q, None, rng), img[:32, :32])
     with pytest.raises(ValueError, match="jpeg_range"):
         AugmentConfig(jpeg_range=(90, 10))
+
+
+def test_sharpen_adds_fine_detail_and_keeps_the_mean(he40):
+    img = np.ascontiguousarray(he40[:256, :256])
+    rng = np.random.default_rng(1)
+    assert sharpen(img, AugmentConfig(), rng) is img
+    out = sharpen(img, AugmentConfig(sharpen=2.0), rng)
+    assert out.dtype == np.uint8 and out.shape == img.shape
+    assert abs(out.astype(float).mean() - img.astype(float).mean()) < 2.0
+    gain = band_power(out) / band_power(img)  # the four bands, coarse to fine
+    assert gain[0] < gain[1] < gain[2] and gain[2] > 1.1
+    with pytest.raises(ValueError, match="sharpen"):
+        AugmentConfig(sharpen=-0.1)
 
 
 def test_sampler_draws_sources_by_weight():

@@ -5,6 +5,10 @@ Two kinds, applied so that the targets stay real pixels:
   brightness, contrast and saturation, applied to the 40X window *before*
   the shared degradation makes 20X/10X/5X from it, so every scale shows the
   same re-stained tissue (a plausible other lab, not a smeared target);
+- optics (``sharpen``): an unsharp mask on the 40X window before the
+  degradation, as a sharper scanner would scan the same tissue (the unseen
+  Hamamatsu lab has 1.2-1.5x the detail power of the training labs above 5X's
+  Nyquist frequency); every scale is made from the sharpened window;
 - input degradations (``degrade_input``): mild defocus and a JPEG quality
   drawn from a range, applied to the 5X input only — what a different 5X
   scanner does to the same tissue; the higher scales are untouched.
@@ -16,6 +20,7 @@ import dataclasses
 import numpy as np
 from PIL import Image, ImageFilter
 from skimage.color import hed2rgb, rgb2hed
+from skimage.filters import gaussian
 
 from tileserver.degrade import jpeg_roundtrip
 
@@ -31,6 +36,8 @@ class AugmentConfig:
     jpeg_range: tuple[int, int] | None = None  # 5X input JPEG quality drawn from [lo, hi] (else data.jpeg_quality)
     defocus: float = 0.0  # max Gaussian sigma (5X px) of blur on the 5X input
     defocus_p: float = 0.0  # probability of that blur
+    sharpen: float = 0.0  # max unsharp-mask amount on the 40X window (drawn from [0, sharpen])
+    sharpen_sigma: float = 2.0  # its Gaussian sigma in 40X px
 
     def __post_init__(self) -> None:
         if self.jpeg_range is not None:
@@ -38,7 +45,7 @@ class AugmentConfig:
             if not 1 <= lo <= hi <= 100:
                 raise ValueError(f"jpeg_range must be [lo, hi] within 1..100, not {self.jpeg_range}")
             self.jpeg_range = (lo, hi)
-        for name in ("hed", "brightness", "contrast", "saturation", "defocus", "defocus_p"):
+        for name in ("hed", "brightness", "contrast", "saturation", "defocus", "defocus_p", "sharpen", "sharpen_sigma"):
             if getattr(self, name) < 0:
                 raise ValueError(f"augment.{name} must be >= 0")
 
@@ -69,6 +76,17 @@ def recolour(img: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> n
         grey = x @ np.array([0.299, 0.587, 0.114], np.float32)
         x = grey[..., None] + (x - grey[..., None]) * (1 + _uniform(rng, cfg.saturation))
     return np.clip(np.rint(x * 255), 0, 255).astype(np.uint8)
+
+
+def sharpen(img: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
+    """A random unsharp mask of a uint8 RGB 40X window (amount in [0, cfg.sharpen]), or the image itself."""
+    if not cfg.sharpen:
+        return img
+    amount = float(rng.uniform(0.0, cfg.sharpen))
+    x = img.astype(np.float32)
+    # skimage.filters.unsharp_mask (0.26) returns garbage for RGB here; the mask is one line
+    out = x + amount * (x - gaussian(x, sigma=cfg.sharpen_sigma, channel_axis=-1, preserve_range=True))
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 def degrade_input(img5: np.ndarray, cfg: AugmentConfig, jpeg_quality: int | None, rng: np.random.Generator) -> np.ndarray:

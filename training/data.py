@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from tileserver.degrade import degrade, pyramid
-from training.augment import AugmentConfig, degrade_input, recolour
+from training.augment import AugmentConfig, degrade_input, recolour, sharpen
 from training.sources import FACTOR, DataError, SlideSource, Source, TileSource
 
 TILE_SUFFIXES = {".tif", ".tiff", ".png"}
@@ -115,9 +115,9 @@ def augment(crops: list[np.ndarray], k: int, flip: str | None) -> list[np.ndarra
 def make_pair(window: np.ndarray, top: int, left: int, side: int, rng: np.random.Generator,
               aug: AugmentConfig, jpeg_quality: int | None) -> list[np.ndarray]:
     """Aligned crops [5X, 10X, 20X, 40X] of the ``side``² core of a 40X window: the window
-    is recoloured, degraded by the shared cascade, its 5X degraded as a scanner would,
+    is recoloured and sharpened (when configured), degraded by the shared cascade, its 5X degraded as a scanner would,
     then every level is cut to the core. ``top``/``left``/``side`` are multiples of 8."""
-    levels = pyramid(recolour(window, aug, rng), SCALES)[::-1]  # 5X first
+    levels = pyramid(sharpen(recolour(window, aug, rng), aug, rng), SCALES)[::-1]  # 5X first
     levels[0] = degrade_input(levels[0], aug, jpeg_quality, rng)
     out = []
     for i, lvl in enumerate(levels):
