@@ -138,6 +138,13 @@ def metric(text: str, name: str, label: str | None = None) -> float:
     return total
 
 
+def model_time(text: str, stages: int = 3) -> list[tuple[float, int]]:
+    """(seconds, forward passes) of each stage from the server's /metrics: the model's own share of a
+    measurement (one worker on a CPU, so the sum is the time the model was busy)."""
+    return [(metric(text, "tileserver_inference_seconds_sum", f'stage="{k}"'),
+             int(metric(text, "tileserver_inference_seconds_count", f'stage="{k}"'))) for k in range(1, stages + 1)]
+
+
 def cold_ratio(client, sid: str, top: int, tiles: list[tuple[int, int]], stages: int = 3) -> dict:
     """Cold 40X tiles (each a fresh area) against the server's own mean last-stage block run, and against
     one chain: the sum of the mean block run of every stage (what a tile that runs one block per stage pays
@@ -255,8 +262,9 @@ def measure(args, server, client_cls, fetch, spread, viewport) -> dict:
                     else:
                         paths = [f"/dzi/{slide['id']}_files/{top}/{col}_{r}.jpeg" for col, r in viewport(levels[top], 254, vw, vh)]
                         wall, _ = fetch(srv.url, paths)
+                        text = c.get("/metrics")[1].decode()
                         row["viewport"] = {"tiles": len(paths), "cold_s": wall, "tiles_per_s": len(paths) / wall,
-                                           "batches": batch_sizes(c.get("/metrics")[1].decode())}
+                                           "batches": batch_sizes(text), "model": model_time(text, len(halos))}
                 finally:
                     srv.stop()
             out["runs"].append(row)
@@ -290,7 +298,9 @@ def format_measure(r: dict) -> str:
                      + (f" = {a['chain_ratio']:.2f} x one chain ({' + '.join(f'{t:.0f}' for t in a['stage_ms'])} ms by stage); "
                         if "chain_ratio" in a else "; ") +
                      f"cold {v['tiles']}-tile viewport at 40X {v['cold_s']:.2f} s ({v['tiles_per_s']:.1f} tiles/s; "
-                     f"batches: {batches})")
+                     f"batches: {batches})" + (f"; the model busy {sum(t for t, _ in v['model']):.2f} s of it (" + ", ".join(
+                         f"stage {k} {t:.2f} s in {n} runs" for k, (t, n) in enumerate(v["model"], start=1)) + ")"
+                         if "model" in v else ""))
     by = {}
     for row in r["runs"]:
         by.setdefault(row["code"], []).append(row)

@@ -116,3 +116,4 @@ def test_cold_ratio_divides_a_cold_tile_by_one_block_and_by_one_chain():
     r = chain.cold_ratio(Client(), "s", 13, [(0, 0), (5, 5)])
     assert r["ratio"] == pytest.approx(2.25) and r["chain_ratio"] == pytest.approx(1.0)
     assert r["stage_ms"] == pytest.approx([30, 20, 40])
+    assert chain.model_time(metrics) == [(pytest.approx(0.06), 2), (pytest.approx(0.04), 2), (pytest.approx(0.08), 2)]
