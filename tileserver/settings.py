@@ -56,9 +56,9 @@ class Settings:
                                   cast=lambda text: tuple(h.strip().lower() for h in text.split(",") if h.strip()))
     trust_proxy: bool = option(False, "build absolute URLs from X-Forwarded-Proto/-Host (only behind a proxy that sets them)")
     assume_mpp: float | None = option(None, "mpp (µm/px) for slides that carry none", cast=float)
-    prefetch_blocks: int = option(64, "blocks synthesized ahead while the model is idle, one magnification above "
-                                      "what a viewer looks at (0: off)")
-    prefetch_mb: float = option(32, "block pixels one prefetch burst may add to the block cache (MiB)", cast=float)
+    prefetch_blocks: int = option(64, "blocks synthesized ahead per new view while the model is idle, one "
+                                      "magnification above what a viewer looks at (0: off)")
+    prefetch_mb: float = option(32, "block pixels prefetch may add to the block cache per new view (MiB)", cast=float)
     tile_size: int = option(254, "Deep Zoom tile side (px); synthesized blocks follow the tile grid")
     overlap: int = option(1, "Deep Zoom tile overlap (px)")
     jpeg_quality: int = option(90, "JPEG and WebP quality of tiles (1-100)")
