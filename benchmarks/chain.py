@@ -151,8 +151,7 @@ def cold_ratio(client, sid: str, top: int, tiles: list[tuple[int, int]], stages:
     in model time; the rest is reading, planning, encoding and HTTP)."""
     times = [client.get(f"/dzi/{sid}_files/{top}/{c}_{r}.jpeg")[2] for c, r in tiles]
     text = client.get("/metrics")[1].decode()
-    per_stage = [metric(text, "tileserver_inference_seconds_sum", f'stage="{k}"')
-                 / metric(text, "tileserver_inference_seconds_count", f'stage="{k}"') for k in range(1, stages + 1)]
+    per_stage = [t / n for t, n in model_time(text, stages)]
     block, chain, tile = per_stage[-1], sum(per_stage), statistics.median(times)
     return {"tiles": len(times), "cold_p50_ms": 1000 * tile, "block_ms": 1000 * block, "ratio": tile / block,
             "stage_ms": [1000 * t for t in per_stage], "chain_ms": 1000 * chain, "chain_ratio": tile / chain}
@@ -283,6 +282,14 @@ def measure(args, server, client_cls, fetch, spread, viewport) -> dict:
     return out
 
 
+def _busy(model: list[tuple[float, int]] | None) -> str:
+    """'; the model busy ...' for a screen measured with the model's time by stage (older results have none)."""
+    if not model:
+        return ""
+    stages = ", ".join(f"stage {k} {t:.2f} s in {n} runs" for k, (t, n) in enumerate(model, start=1))
+    return f"; the model busy {sum(t for t, _ in model):.2f} s of it ({stages})"
+
+
 def format_measure(r: dict) -> str:
     old, f = r["grids"][0]["40X screen"], r["floor"]
     lines = [format_grid_table(r["grids"], r["last_stage_kpx"]),
@@ -298,9 +305,7 @@ def format_measure(r: dict) -> str:
                      + (f" = {a['chain_ratio']:.2f} x one chain ({' + '.join(f'{t:.0f}' for t in a['stage_ms'])} ms by stage); "
                         if "chain_ratio" in a else "; ") +
                      f"cold {v['tiles']}-tile viewport at 40X {v['cold_s']:.2f} s ({v['tiles_per_s']:.1f} tiles/s; "
-                     f"batches: {batches})" + (f"; the model busy {sum(t for t, _ in v['model']):.2f} s of it (" + ", ".join(
-                         f"stage {k} {t:.2f} s in {n} runs" for k, (t, n) in enumerate(v["model"], start=1)) + ")"
-                         if "model" in v else ""))
+                     f"batches: {batches})" + _busy(v.get("model")))
     by = {}
     for row in r["runs"]:
         by.setdefault(row["code"], []).append(row)
