@@ -9,7 +9,7 @@ from tileserver.degrade import degrade
 from training import checkpoint
 from training.config import load
 from training.evaluate import evaluate, main
-from training.metrics import band_power
+from training.metrics import band_power, direction_bias
 from training.model import MultiScaleGenerator
 from training.report import tables
 
@@ -66,6 +66,20 @@ def test_band_power_of_a_pure_tone_lands_in_its_band():
         img = np.repeat(tone[..., None], 3, axis=2).astype(np.uint8)
         power = band_power(img)
         assert int(np.argmax(power)) == band, (cycles, power)
+
+
+def test_direction_bias_tells_streaks_from_isotropic_texture():
+    y, x = np.mgrid[:256, :256]
+    streaks = 128 + 100 * np.sin(2 * np.pi * (0.12 * x + 0.12 * y))  # one direction, 0.17 cycles/px
+    rng = np.random.default_rng(0)
+    spectrum = np.fft.fft2(rng.normal(size=(256, 256)))
+    radius = np.hypot(*np.meshgrid(np.fft.fftfreq(256), np.fft.fftfreq(256), indexing="ij"))
+    grain = np.real(np.fft.ifft2(spectrum * ((radius >= 1 / 8) & (radius < 1 / 4))))
+    grain = 128 + 60 * grain / grain.std()  # the same band in every direction
+    as_rgb = lambda a: np.repeat(np.clip(a, 0, 255)[..., None], 3, axis=2).astype(np.uint8)
+    assert direction_bias(as_rgb(streaks)) > 5
+    assert direction_bias(as_rgb(grain)) < 1.3
+    assert direction_bias(as_rgb(grain.T)) == pytest.approx(direction_bias(as_rgb(grain)), rel=0.2)
 
 
 def test_evaluate_cli(monuseg, smoke_checkpoint, capsys):

@@ -9,7 +9,9 @@ over labs and the worst lab:
 - band energy: the luma power of the 20X and 40X output in radial frequency
   bands divided by that of the real image (1 = all the real detail, 0 = none);
 - consistency with the scan: the 40X output degraded back to 5X (no JPEG)
-  against the 5X input, PSNR in dB.
+  against the 5X input, PSNR in dB;
+- direction of the 40X detail: power in band [1/8, 1/4) in its strongest of 8
+  orientations over the mean (real tissue about 1.1-1.5; streaks more).
 
     python training/evaluate.py [MODEL ...] [--sources training/configs/faithful.yaml] \\
         [--data ../shared/data] [--out DIR]
@@ -32,7 +34,7 @@ from tqdm import tqdm
 
 from tileserver.degrade import degrade
 from training.data import load_rgb, scale_levels
-from training.metrics import BANDS, SCALE_NAMES, band_power, bicubic_up, image_metrics, psnr
+from training.metrics import BANDS, SCALE_NAMES, band_power, bicubic_up, direction_bias, image_metrics, psnr
 from training.report import save_crops_png, tables, write_csv
 from training.upscale import Upscaler, load_upscaler
 
@@ -50,6 +52,7 @@ def image_row(levels: list[np.ndarray], outs: list[np.ndarray]) -> dict[str, flo
             for b, r in enumerate(ratio):
                 row[f"{name}_band{b}"] = float(r)
     row["consistency_psnr"] = psnr(degrade(outs[-1], 8), levels[0], 255.0)
+    row["40X_direction"], row["40X_direction_real"] = direction_bias(outs[-1]), direction_bias(levels[-1])
     return row
 
 

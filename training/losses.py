@@ -27,6 +27,8 @@ class LossWeights:
     feature_match: float = 0.0  # L1 between discriminator features of real and generated 40X
     consistency: float = 0.0  # L1 between the 40X output degraded back to 5X and the 5X input
     spectrum: float = 0.0  # L1 between log amplitude spectra of generated and real 40X (phase-free texture term)
+    spectrum_symmetric: bool = False  # the real spectrum averaged over the 8 rotations/flips (no preferred direction)
+    equivariance: float = 0.0  # L1 between the 40X of a turned input and the turned 40X (texture turns with the tissue)
     band_energy: float = 0.0  # |log| of the 40X luma band-energy ratio per image and octave (what evaluate.py reports)
 
 
@@ -45,6 +47,22 @@ def spectrum_loss(sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
     a = torch.fft.rfft2(sr.float(), norm="ortho").abs()
     b = torch.fft.rfft2(hr.float(), norm="ortho").abs()
     return F.l1_loss(torch.log1p(255 * a), torch.log1p(255 * b))
+
+
+def dihedral_amplitude(x: torch.Tensor) -> torch.Tensor:
+    """The 2-D amplitude spectrum (``fft2``, ortho) of square images, power averaged over the 8
+    rotations and flips: the spectrum of the same texture without its directions."""
+    views = [torch.rot90(v, k, dims=(-2, -1)) for v in (x, x.transpose(-2, -1)) for k in range(4)]
+    power = torch.stack([torch.fft.fft2(v, norm="ortho").abs() ** 2 for v in views]).mean(0)
+    return power.sqrt()
+
+
+def symmetric_spectrum_loss(sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
+    """``spectrum_loss`` against the real image's direction-free spectrum: asks for the real amount
+    of detail at every frequency and spread over every direction, so the generator cannot meet it
+    with streaks of one orientation (texture that a rotated input does not rotate)."""
+    a = torch.fft.fft2(sr.float(), norm="ortho").abs()
+    return F.l1_loss(torch.log1p(255 * a), torch.log1p(255 * dihedral_amplitude(hr.float())))
 
 
 def band_energy_loss(sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
@@ -139,7 +157,8 @@ class GeneratorLoss(torch.nn.Module):
                 fm = sum(F.l1_loss(f, r) for f, r in zip(fake_feats, real_feats)) / len(fake_feats)
                 add("feature_match", fm, self.w.feature_match)
         if self.w.spectrum:
-            add("spectrum", spectrum_loss(outputs[-1], targets[-1]), self.w.spectrum)
+            term = symmetric_spectrum_loss if self.w.spectrum_symmetric else spectrum_loss
+            add("spectrum", term(outputs[-1], targets[-1]), self.w.spectrum)
         if self.w.band_energy:
             add("band_energy", band_energy_loss(outputs[-1], targets[-1]), self.w.band_energy)
         if self.w.consistency:

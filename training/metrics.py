@@ -60,3 +60,14 @@ def band_power(img: np.ndarray, bands=BANDS) -> np.ndarray:
     spectrum, masks = luma_spectrum(img, bands)
     power = np.abs(spectrum) ** 2
     return np.array([power[m].sum() for m in masks])
+
+
+def direction_bias(img: np.ndarray, band: tuple[float, float] = BANDS[2], sectors: int = 8) -> float:
+    """Luma power of the band in its strongest of ``sectors`` orientations over the mean of all:
+    about 1.1-1.5 for real tissue, more for texture drawn in streaks of one direction."""
+    spectrum, (mask,) = luma_spectrum(img, [band])
+    h, w = spectrum.shape
+    fy, fx = np.meshgrid(np.fft.fftfreq(h), np.fft.fftfreq(w), indexing="ij")
+    sector = (np.mod(np.arctan2(fy, fx), np.pi) * sectors / np.pi).astype(int).clip(0, sectors - 1)
+    power = np.bincount(sector[mask], weights=np.abs(spectrum[mask]) ** 2, minlength=sectors)
+    return float(power.max() / max(power.mean(), 1e-30))

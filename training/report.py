@@ -64,9 +64,24 @@ def consistency_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def direction_table(report: dict) -> str:
+    names = list(report["models"])
+    first = report["models"][names[0]]
+    lines = ["### Direction of the 40X detail: luma power in [1/8, 1/4) cycles/px, strongest of 8 orientations / mean",
+             "", "| lab | real | bicubic | " + " | ".join(names) + " |", "|" + "---|" * (3 + len(names))]
+    for lab in first["labs"] + ["mean over labs"]:
+        def get(m: dict, kind: str) -> dict:
+            return m["mean_over_labs"][kind] if lab == "mean over labs" else m[kind][lab]
+        cells = [get(first, "bicubic")["40X_direction_real"], get(first, "bicubic")["40X_direction"],
+                 *(get(report["models"][n], "model")["40X_direction"] for n in names)]
+        lines.append(f"| {lab} | " + " | ".join(f"{c:.2f}" for c in cells) + " |")
+    return "\n".join(lines)
+
+
 def tables(report: dict) -> str:
     """All tables of an evaluation report as Markdown."""
-    parts = [quality_table(report, *m) for m in METRICS] + [band_table(report), consistency_table(report)]
+    parts = [quality_table(report, *m) for m in METRICS] + [band_table(report), consistency_table(report),
+                                                            direction_table(report)]
     n = len(report["images"])
     return "\n\n".join(parts) + f"\n\n(whole images, {n} in all; gains are model minus bicubic on the same 5X input)\n"
 

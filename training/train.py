@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import yaml
 from tqdm import tqdm
 
@@ -102,7 +103,7 @@ class ValidationSet:
 
 
 LOG_FIELDS = ["step", "epoch", "lr", "loss", "l1", "mse", "ssim", "fft", "perceptual", "adversarial", "feature_match",
-              "spectrum", "band_energy", "consistency", "d_loss", *[f"val_psnr_y_{s}" for s in SCALE_NAMES], "val_psnr_y_mean", *[f"val_40X_band{b}" for b in range(4)], "val_consistency", "threshold", "seconds"]
+              "spectrum", "equivariance", "band_energy", "consistency", "d_loss", *[f"val_psnr_y_{s}" for s in SCALE_NAMES], "val_psnr_y_mean", *[f"val_40X_band{b}" for b in range(4)], "val_consistency", "threshold", "seconds"]
 
 
 def trainable(model: MultiScaleGenerator, stages: list[int]) -> list[torch.nn.Parameter]:
@@ -171,11 +172,21 @@ class Trainer:
                 self.d_opt.step()
                 parts["d_loss"] = d_loss.item()
             loss, g_parts = self.loss_fn([o.float() for o in outputs], targets, lr5)
+            if self.cfg.loss.equivariance:
+                eq = self.equivariance(lr5, outputs[-1])
+                loss, g_parts["equivariance"] = loss + self.cfg.loss.equivariance * eq, eq.item()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
         self.step += 1
         return {"loss": loss.item(), **g_parts, **parts}
+
+    def equivariance(self, lr5: torch.Tensor, out40: torch.Tensor) -> torch.Tensor:
+        """L1 between the 40X of the input turned by 90, 180 or 270 degrees and the 40X turned alike:
+        zero for texture that follows the tissue, large for streaks of one fixed direction."""
+        k = int(torch.randint(1, 4, ()))
+        turned = self.model(torch.rot90(lr5, k, dims=(-2, -1)))[-1]
+        return F.l1_loss(turned.float(), torch.rot90(out40.float(), k, dims=(-2, -1)))
 
     def validate(self, extras: dict) -> tuple[dict[str, np.ndarray], list[float]]:
         """PSNR-Y per lab and scale, and the per-scale mean over the labs seen in training;
