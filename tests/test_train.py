@@ -204,6 +204,18 @@ def test_equivariance_term_is_zero_for_a_turning_model_and_trains(tmp_path):
     assert float(row["equivariance"]) > 0 and float(row["spectrum"]) > 0
 
 
+def test_distillation_copies_a_teacher_and_needs_one(tmp_path):
+    data = synthetic_tiles(tmp_path / "tiles")
+    base = ["data.val_count=1", "run.epochs=1", "run.steps_per_epoch=2", "run.select=last"]
+    train(load(SMOKE, base), data, tmp_path / "teacher", progress=False)
+    cfg = load(SMOKE, base + ["loss.l1=0", "loss.distill=1", f"loss.teacher={tmp_path / 'teacher' / 'last.pt'}"])
+    train(cfg, data, tmp_path / "student", progress=False)
+    with open(tmp_path / "student" / "log.csv") as f:
+        assert float(next(csv.DictReader(f))["distill"]) > 0
+    with pytest.raises(ConfigError, match="loss.teacher"):
+        train(load(SMOKE, base + ["loss.distill=1"]), data, tmp_path / "orphan", progress=False)
+
+
 def test_realistic_losses_train_with_a_narrow_discriminator(tmp_path):
     data = synthetic_tiles(tmp_path / "tiles")
     cfg = load(SMOKE, ["data.val_count=1", "run.epochs=1", "run.steps_per_epoch=2", "loss.adversarial=0.01",

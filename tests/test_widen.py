@@ -78,3 +78,18 @@ def test_cli_writes_a_checkpoint_or_exits_2(tmp_path, capsys):
     assert main(["--stage", f"1={src}", "--features", "8", "--growth", "4", "-o", str(out)]) == 2
     err = capsys.readouterr().err
     assert "widen:" in err and "Traceback" not in err
+
+
+def test_stages_gain_the_back_projection_and_keep_their_weights(tmp_path):
+    a, _ = saved(tmp_path, SMALL, "a.pt", 0)
+    src, out = str(tmp_path / "a.pt"), tmp_path / "projected.pt"
+    assert main(["--stage", f"0={src}", "--stage", f"1={src}", "--stage", f"2={src}", "--features", "8", "8", "8",
+                 "--growth", "4", "4", "4", "--projection", "1", "-o", str(out)]) == 0
+    model, _ = checkpoint.load_generator(out)
+    assert model.stages[2].projection == 1
+    for k in range(3):  # the same weights; only the fixed projection is new
+        for (name, w), (_, v) in zip(model.stages[k].state_dict().items(), a.stages[k].state_dict().items()):
+            assert torch.equal(w, v), name
+    x = torch.rand(1, 3, 12, 12)
+    with torch.no_grad():
+        assert (model(x)[0] - a(x)[0]).abs().max() > 1e-4  # the projection moved the output onto the input

@@ -103,7 +103,7 @@ class ValidationSet:
 
 
 LOG_FIELDS = ["step", "epoch", "lr", "loss", "l1", "mse", "ssim", "fft", "perceptual", "adversarial", "feature_match",
-              "spectrum", "equivariance", "band_energy", "consistency", "d_loss", *[f"val_psnr_y_{s}" for s in SCALE_NAMES], "val_psnr_y_mean", *[f"val_40X_band{b}" for b in range(4)], "val_consistency", "threshold", "seconds"]
+              "spectrum", "equivariance", "distill", "band_energy", "consistency", "d_loss", *[f"val_psnr_y_{s}" for s in SCALE_NAMES], "val_psnr_y_mean", *[f"val_40X_band{b}" for b in range(4)], "val_consistency", "threshold", "seconds"]
 
 
 def trainable(model: MultiScaleGenerator, stages: list[int]) -> list[torch.nn.Parameter]:
@@ -138,6 +138,9 @@ class Trainer:
         self.disc = PatchDiscriminator(width=cfg.loss.disc_width).to(dev) if cfg.loss.adversarial or cfg.loss.feature_match else None
         self.d_opt = torch.optim.Adam(self.disc.parameters(), lr=cfg.optim.d_lr, betas=cfg.optim.d_betas) if self.disc else None
         self.loss_fn = GeneratorLoss(cfg.loss, vgg, self.disc)
+        if cfg.loss.distill and not cfg.loss.teacher:
+            raise ConfigError("loss.distill needs loss.teacher: the checkpoint to copy")
+        self.teacher = checkpoint.load_generator(Path(cfg.loss.teacher))[0].to(dev) if cfg.loss.distill else None
         self.step, self.best = 0, -float("inf")
 
     def init_from(self, path: Path) -> None:
@@ -172,6 +175,11 @@ class Trainer:
                 self.d_opt.step()
                 parts["d_loss"] = d_loss.item()
             loss, g_parts = self.loss_fn([o.float() for o in outputs], targets, lr5)
+            if self.teacher is not None:
+                with torch.no_grad():
+                    taught = self.teacher(lr5)[-1].float()
+                distill = F.l1_loss(outputs[-1].float(), taught)
+                loss, g_parts["distill"] = loss + self.cfg.loss.distill * distill, distill.item()
             if self.cfg.loss.equivariance:
                 eq = self.equivariance(lr5, outputs[-1])
                 loss, g_parts["equivariance"] = loss + self.cfg.loss.equivariance * eq, eq.item()

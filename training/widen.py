@@ -12,7 +12,8 @@ capacity for free; the new channels start so that the output is unchanged:
   would get no gradient) is produced with random weights and read with zero
   weights.
 
-A stage may also come from another checkpoint (``--stage K=CKPT[:J]``), or be
+A stage may also come from another checkpoint (``--stage K=CKPT[:J]``), gain or
+lose the back-projection to 5X (``--projection``: fixed filters, no weights), or be
 cut narrower (e.g. 18 -> 16 channels, where each cold 40X tile pays the most):
 then the channels that carry the most (|producing weights| x |reading
 weights|) are kept, the output changes, and a fine-tune follows.
@@ -148,9 +149,10 @@ def compose(sources: list[tuple[dict, int]], new_args: GeneratorArgs, seed: int 
         old_args = GeneratorArgs(**state["model_args"])
         if j >= old_args.stages:
             raise ValueError(f"the checkpoint has no stage {j}")
-        shape = dict(features=1, growth=1, blocks=1, rdbs_per_block=1, dense_layers=1, stages=1)
+        # width may differ, and the back-projection (fixed filters, no weights) may be added or dropped
+        shape = dict(features=1, growth=1, blocks=1, rdbs_per_block=1, dense_layers=1, stages=1, projection=0)
         if dataclasses.replace(old_args.for_stage(j), **shape) != dataclasses.replace(new_args.for_stage(k), **shape):
-            raise ValueError(f"stage {k}: its source differs in more than width (activation, skip, projection ...)")
+            raise ValueError(f"stage {k}: its source differs in more than width and projection (activation, skip ...)")
         pre = f"stages.{j}."
         stage = {key[len(pre):]: v for key, v in state["model"].items() if key.startswith(pre)}
         grown = resize_stage(stage, old_args.for_stage(j), new_args.for_stage(k), g)
@@ -171,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="stage K (0 = 5X->10X) starts from stage J (default K) of checkpoint CKPT")
     ap.add_argument("--features", type=int, nargs="+", required=True, help="F per stage")
     ap.add_argument("--growth", type=int, nargs="+", required=True, help="G per stage")
+    ap.add_argument("--projection", type=int, help="back-projection steps per stage (default: the first source's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("-o", "--out", type=Path, required=True)
     args = ap.parse_args(argv)
@@ -181,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         states = {p: checkpoint.load(p) for _, p, _ in picks}
         first = GeneratorArgs(**states[picks[0][1]]["model_args"])
         new_args = dataclasses.replace(first, features=tuple(args.features), growth=tuple(args.growth),
-                                       blocks=first.blocks, stages=len(picks))
+                                       blocks=first.blocks, stages=len(picks),
+                                       projection=first.projection if args.projection is None else args.projection)
         model = compose([(states[p], k if j is None else j) for k, p, j in picks], new_args, args.seed)
     except (OSError, ValueError, KeyError) as e:
         print(f"widen: {e}", file=sys.stderr)
