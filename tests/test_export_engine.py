@@ -128,7 +128,9 @@ def test_fallback_reported_by_the_api(bundle, slide_dir):
 
 
 def test_manifest_describes_named_sources_kind_losses_and_per_lab_quality(tmp_path):
+    from training import checkpoint
     from training.export import ExportError, losses_of, quality_from, training_data
+    from training.model import GeneratorArgs, MultiScaleGenerator
 
     sources = [{"name": "radboud", "path": "camelyon16-patches/radboud", "lab": "radboud", "val_patients": ["tumor_064"]},
                {"name": "utrecht", "path": "camelyon16-patches/utrecht", "lab": "utrecht", "held_out": True}]
@@ -146,6 +148,12 @@ def test_manifest_describes_named_sources_kind_losses_and_per_lab_quality(tmp_pa
     assert losses_of({"loss": {"l1": 0.06, "disc_width": 64}}) == {"l1": 0.06}  # no discriminator without its terms
     assert losses_of({"loss": {"l1": 0.06, "adversarial": 0.005, "disc_width": 16}}) == \
         {"l1": 0.06, "adversarial": 0.005, "discriminator_width": 16}
+    teacher = tmp_path / "teacher.pt"  # a distilled model names its teacher and the losses the teacher learnt from
+    checkpoint.save(teacher, MultiScaleGenerator(GeneratorArgs(features=4, growth=2, blocks=1, rdbs_per_block=1,
+                    dense_layers=1)), step=1, config={"loss": {"l1": 0.06, "adversarial": 0.005, "disc_width": 16}})
+    assert losses_of({"loss": {"l1": 0.0, "distill": 1.0, "teacher": str(teacher)}}) == \
+        {"distill": 1.0, "teacher": str(teacher),
+         "teacher_losses": {"l1": 0.06, "adversarial": 0.005, "discriminator_width": 16}}
     report = {"models": {"m (a/last.pt)": {k: {} for k in ("labs", "model", "bicubic", "gain", "mean_over_labs", "worst_lab")},
                          "other": {}}, "bands_cycles_per_px": [[0.25, 0.5]]}
     path = tmp_path / "summary.json"

@@ -77,6 +77,13 @@ def losses_of(cfg: dict) -> dict:
              if k != "disc_width" and isinstance(v, (int, float)) and not isinstance(v, bool) and v}
     if terms.get("adversarial") or terms.get("feature_match"):
         terms["discriminator_width"] = loss.get("disc_width")
+    if terms.get("distill"):  # a copy of a teacher: the teacher's own losses made what it draws
+        from training.checkpoint import read_metadata
+
+        terms["teacher"] = loss.get("teacher")
+        teacher = Path(loss.get("teacher") or "")
+        if teacher.is_file():
+            terms["teacher_losses"] = losses_of(read_metadata(teacher).get("config") or {})
     return terms
 
 

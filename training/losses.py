@@ -29,7 +29,7 @@ class LossWeights:
     spectrum: float = 0.0  # L1 between log amplitude spectra of generated and real 40X (phase-free texture term)
     spectrum_symmetric: bool = False  # the real spectrum averaged over the 8 rotations/flips (no preferred direction)
     equivariance: float = 0.0  # L1 between the 40X of a turned input and the turned 40X (texture turns with the tissue)
-    distill: float = 0.0  # L1 between the 40X and a teacher model's 40X for the same input (a cheaper copy of it)
+    distill: float = 0.0  # L1 between the 40X and a teacher's last stage run on this model's 20X (a cheaper copy)
     teacher: str | None = None  # the teacher's checkpoint, for distill
     band_energy: float = 0.0  # |log| of the 40X luma band-energy ratio per image and octave (what evaluate.py reports)
 

@@ -176,8 +176,9 @@ class Trainer:
                 parts["d_loss"] = d_loss.item()
             loss, g_parts = self.loss_fn([o.float() for o in outputs], targets, lr5)
             if self.teacher is not None:
-                with torch.no_grad():
-                    taught = self.teacher(lr5)[-1].float()
+                with torch.no_grad():  # the teacher's last stage on this model's own input to it
+                    below = outputs[-2] if len(outputs) > 1 else lr5
+                    taught = self.teacher.stages[-1](below.float()).float()
                 distill = F.l1_loss(outputs[-1].float(), taught)
                 loss, g_parts["distill"] = loss + self.cfg.loss.distill * distill, distill.item()
             if self.cfg.loss.equivariance:
