@@ -181,12 +181,12 @@ def test_direction_free_spectrum_term_penalises_streaks_of_one_direction():
 
 
 def test_equivariance_term_is_zero_for_a_turning_model_and_trains(tmp_path):
+    from training.data import SourceSpec, build_dataset
     from training.train import Trainer
 
     data = synthetic_tiles(tmp_path / "tiles")
     cfg = load(SMOKE, ["data.val_count=1", "run.epochs=1", "run.steps_per_epoch=2", "loss.equivariance=0.5",
                        "loss.spectrum=0.01", "loss.spectrum_symmetric=true", "run.select=last"])
-    from training.data import SourceSpec, build_dataset
 
     trainer = Trainer(cfg, build_dataset([SourceSpec(name="t", path=".", val_count=1)], data), torch.device("cpu"))
     lr5 = torch.rand(2, 3, 16, 16)
@@ -214,6 +214,9 @@ def test_distillation_copies_a_teacher_and_needs_one(tmp_path):
         assert float(next(csv.DictReader(f))["distill"]) > 0
     with pytest.raises(ConfigError, match="loss.teacher"):
         train(load(SMOKE, base + ["loss.distill=1"]), data, tmp_path / "orphan", progress=False)
+    with pytest.raises(ConfigError, match="missing.pt"):
+        train(load(SMOKE, base + ["loss.distill=1", f"loss.teacher={tmp_path / 'missing.pt'}"]), data, tmp_path / "o2",
+              progress=False)
 
 
 def test_realistic_losses_train_with_a_narrow_discriminator(tmp_path):

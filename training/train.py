@@ -138,8 +138,8 @@ class Trainer:
         self.disc = PatchDiscriminator(width=cfg.loss.disc_width).to(dev) if cfg.loss.adversarial or cfg.loss.feature_match else None
         self.d_opt = torch.optim.Adam(self.disc.parameters(), lr=cfg.optim.d_lr, betas=cfg.optim.d_betas) if self.disc else None
         self.loss_fn = GeneratorLoss(cfg.loss, vgg, self.disc)
-        if cfg.loss.distill and not cfg.loss.teacher:
-            raise ConfigError("loss.distill needs loss.teacher: the checkpoint to copy")
+        if cfg.loss.distill and not (cfg.loss.teacher and Path(cfg.loss.teacher).is_file()):
+            raise ConfigError(f"loss.distill needs loss.teacher, the checkpoint to copy (got {cfg.loss.teacher!r})")
         self.teacher = checkpoint.load_generator(Path(cfg.loss.teacher))[0].to(dev) if cfg.loss.distill else None
         self.step, self.best = 0, -float("inf")
 
