@@ -93,3 +93,26 @@ def test_stages_gain_the_back_projection_and_keep_their_weights(tmp_path):
     x = torch.rand(1, 3, 12, 12)
     with torch.no_grad():
         assert (model(x)[0] - a(x)[0]).abs().max() > 1e-4  # the projection moved the output onto the input
+
+
+def test_texture_strength_scales_the_last_stages_detail_only(tmp_path, capsys):
+    from training.texture_strength import main as strength
+
+    a, _ = saved(tmp_path, dataclasses.replace(SMALL, projection=1), "a.pt", 0)
+    out = tmp_path / "soft.pt"
+    assert strength([str(tmp_path / "a.pt"), "--gain", "0.5", "-o", str(out)]) == 0
+    soft, meta = checkpoint.load_generator(out)
+    assert meta["texture_gain"] == 0.5 and meta["step"] == 1
+    x = torch.rand(1, 3, 12, 12)
+    with torch.no_grad():
+        full, half = a(x), soft(x)
+        flat = MultiScaleGenerator(dataclasses.replace(SMALL, projection=1)).eval()
+        flat.load_state_dict(a.state_dict())
+        flat.stages[2].tail.weight.zero_()
+        flat.stages[2].tail.bias.zero_()
+        base = flat.stages[2](full[1])  # the last stage without its learnt residual
+        assert torch.equal(half[0], full[0]) and torch.equal(half[1], full[1])  # 10X and 20X untouched
+        assert (half[2] - (base + 0.5 * (full[2] - base))).abs().max() < 1e-5  # half the detail
+    assert strength([str(tmp_path / "a.pt"), "--gain", "0", "-o", str(out)]) == 2
+    assert strength([str(tmp_path / "missing.pt"), "--gain", "0.9", "-o", str(out)]) == 2
+    assert "Traceback" not in capsys.readouterr().err
