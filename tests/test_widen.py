@@ -115,4 +115,6 @@ def test_texture_strength_scales_the_last_stages_detail_only(tmp_path, capsys):
         assert (half[2] - (base + 0.5 * (full[2] - base))).abs().max() < 1e-5  # half the detail
     assert strength([str(tmp_path / "a.pt"), "--gain", "0", "-o", str(out)]) == 2
     assert strength([str(tmp_path / "missing.pt"), "--gain", "0.9", "-o", str(out)]) == 2
+    saved(tmp_path, dataclasses.replace(SMALL, bicubic_skip=False), "noskip.pt", 2)  # no residual to scale
+    assert strength([str(tmp_path / "noskip.pt"), "--gain", "0.9", "-o", str(out)]) == 2
     assert "Traceback" not in capsys.readouterr().err

@@ -23,6 +23,8 @@ from training import checkpoint
 
 def scale_texture(model: torch.nn.Module, gain: float) -> None:
     """Multiply the last stage's learnt residual (its ``tail`` convolution) by ``gain``, in place."""
+    if not model.stages[-1].add_skip:
+        raise ValueError("the last stage has no bicubic skip: its output is the image, not a residual")
     tail = model.stages[-1].tail
     with torch.no_grad():
         tail.weight.mul_(gain)
@@ -40,10 +42,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         model, meta = checkpoint.load_generator(args.checkpoint)
+        scale_texture(model, args.gain)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         print(f"texture_strength: {e}", file=sys.stderr)
         return 2
-    scale_texture(model, args.gain)
     about = f"last stage's residual x{args.gain:g} (texture strength) from {args.checkpoint}"
     description = f"{meta['description']}; {about}" if meta.get("description") else about
     meta = {k: v for k, v in meta.items() if k not in ("format", "model_args", "description", "texture_gain")}
