@@ -107,3 +107,47 @@ def test_texture_gain_study_band_power_in_closed_form_matches_the_scaled_image()
             direct = band_power(b + g * (y40.astype(np.float64) - b), bands) / band_power(tg.scale_levels(img40)[3], bands)
             np.testing.assert_allclose(tg.ratio(t, g), direct, rtol=1e-6)
     assert "output/real" in tg.fine_table([("lab-a", t)])
+
+
+def test_paired_differences_match_the_t_interval_and_pool_labs():
+    """One lab: the mean of B − A and scipy's paired t-interval; over labs: the mean of the lab means with
+    the labs' variances added; a lab of one image gives no interval (None, not NaN, in the JSON)."""
+    from scipy import stats
+
+    from training.report import difference_table, paired_differences
+    rng = np.random.default_rng(0)
+    rows_a, rows_b = [], []
+    for lab, n, shift in (("x", 12, 0.3), ("y", 7, -0.1), ("z", 1, 0.5)):
+        for i in range(n):
+            a = {f"{s}_psnr_rgb": 20 + rng.normal() for s in ("10X", "20X", "40X")}
+            rows_a.append({"lab": lab, "image": f"{lab}{i}", **a})
+            rows_b.append({"lab": lab, "image": f"{lab}{i}", **{k: v + shift + 0.2 * rng.normal() for k, v in a.items()}})
+    d = paired_differences(rows_a, rows_b)
+    x = np.array([b["20X_psnr_rgb"] - a["20X_psnr_rgb"] for a, b in zip(rows_a, rows_b) if a["lab"] == "x"])
+    lo, hi = stats.t.interval(0.95, len(x) - 1, loc=x.mean(), scale=stats.sem(x))
+    assert d["x"]["images"] == 12 and d["x"]["20X"][0] == pytest.approx(x.mean())
+    assert d["x"]["20X"][1] == pytest.approx((hi - lo) / 2)
+    assert d["z"]["40X"][1] is None and d["mean over labs"]["40X"][1] is None
+    two = paired_differences([r for r in rows_a if r["lab"] != "z"], [r for r in rows_b if r["lab"] != "z"])
+    assert two["mean over labs"]["10X"][0] == pytest.approx((two["x"]["10X"][0] + two["y"]["10X"][0]) / 2)
+    assert two["mean over labs"]["10X"][1] < max(two["x"]["10X"][1], two["y"]["10X"][1])  # two labs' means, averaged
+    json.dumps(d, allow_nan=False)
+    with pytest.raises(ValueError):
+        paired_differences(rows_a, rows_b[::-1])
+    text = difference_table({"models": {"A": {}, "B": {}}, "differences": {"B": d}})
+    assert "| x | 12 | B | " in text and "±" in text
+
+
+def test_evaluate_two_models_reports_their_paired_difference(monuseg, smoke_checkpoint, tmp_path):
+    cfg = load("training/configs/smoke.yaml", ["data.jpeg_quality=90"])
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(1)
+    other = tmp_path / "other.pt"
+    checkpoint.save(other, MultiScaleGenerator(cfg.model).eval(), name="other", config={"data": {"jpeg_quality": 90}})
+    items = [("lab-a", monuseg / TILES[0]), ("lab-a", monuseg / TILES[1])]
+    report = evaluate([smoke_checkpoint, other], items, None, progress=False)
+    d = report["differences"]["other"]
+    for s in ("10X", "20X", "40X"):
+        expected = report["models"]["other"]["gain"]["lab-a"][f"{s}_psnr_rgb"] - report["models"]["smoke"]["gain"]["lab-a"][f"{s}_psnr_rgb"]
+        assert d["lab-a"][s][0] == pytest.approx(expected)
+    assert "Paired difference against smoke" in tables(report)

@@ -11,7 +11,10 @@ over labs and the worst lab:
 - consistency with the scan: the 40X output degraded back to 5X (no JPEG)
   against the 5X input, PSNR in dB;
 - direction of the 40X detail: power in band [1/8, 1/4) in its strongest of 8
-  orientations over the mean (real tissue about 1.1-1.5; streaks more).
+  orientations over the mean (real tissue about 1.1-1.5; streaks more);
+- with two or more models, each one minus the first on the same images (PSNR
+  RGB), per lab and over labs, with a 95 % interval: is a difference more than
+  the images' spread?
 
     python training/evaluate.py [MODEL ...] [--sources training/configs/faithful.yaml] \\
         [--data ../shared/data] [--out DIR]
@@ -35,7 +38,7 @@ from tqdm import tqdm
 from tileserver.degrade import degrade
 from training.data import load_rgb, scale_levels
 from training.metrics import BANDS, SCALE_NAMES, band_power, bicubic_up, direction_bias, image_metrics, psnr
-from training.report import save_crops_png, tables, write_csv
+from training.report import paired_differences, save_crops_png, tables, write_csv
 from training.upscale import Upscaler, load_upscaler
 
 BAND_SCALES = ["20X", "40X"]
@@ -116,7 +119,8 @@ def evaluate(models: Sequence[Path], items: Sequence[tuple[str, Path]], out_dir:
                     s["models"].setdefault(name, {})[scale] = images[scale][1]
     report = {"models": {n: {**summarise(rows[n], bic_rows[n]), "path": str(m), "input_jpeg_quality": info["jpeg_quality"]}
                          for n, m, (_, info) in zip(names, models, loaded)},
-              "images": [{"lab": lab, "image": p.name} for lab, p in items], "bands_cycles_per_px": BANDS}
+              "images": [{"lab": lab, "image": p.name} for lab, p in items], "bands_cycles_per_px": BANDS,
+              "differences": {n: paired_differences(rows[names[0]], rows[n]) for n in names[1:]}}
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_csv(out_dir / "per_image.csv", [{"model": n, "method": meth, **r} for n in names

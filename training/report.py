@@ -6,6 +6,7 @@ import csv
 from pathlib import Path
 
 import numpy as np
+from scipy import stats
 
 from tileserver.files import write_atomically
 from training.metrics import BANDS, SCALE_NAMES
@@ -78,10 +79,56 @@ def direction_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _interval(per_lab: list[np.ndarray]) -> tuple[float, float | None]:
+    """Mean over labs of each lab's mean difference and the half-width of its 95 % t-interval: the labs'
+    variances of their means added (Welch-Satterthwaite degrees of freedom); one lab: Student's t."""
+    means = [d.mean() for d in per_lab]
+    var = [d.var(ddof=1) / len(d) if len(d) > 1 else np.nan for d in per_lab]
+    se2 = sum(var) / len(per_lab) ** 2
+    df = sum(var) ** 2 / sum(v * v / (len(d) - 1) for v, d in zip(var, per_lab)) if np.isfinite(se2) and se2 > 0 else None
+    half = float(stats.t.ppf(0.975, df) * np.sqrt(se2)) if np.isfinite(se2) and se2 > 0 else None
+    return float(np.mean(means)), half  # None: one image in a lab, no interval (also keeps the JSON strict)
+
+
+def paired_differences(rows_a: list[dict], rows_b: list[dict], key: str = "psnr_rgb") -> dict:
+    """Model B minus model A on the same images, per lab and for the mean over labs, per scale: the mean
+    difference and the half-width of its 95 % interval over images. Both models see the same 5X input and
+    are scored against the same real image, so the difference of their gains over bicubic is this difference
+    of their scores, and pairing the images removes what the images have in common."""
+    if [(r["lab"], r["image"]) for r in rows_a] != [(r["lab"], r["image"]) for r in rows_b]:
+        raise ValueError("paired differences need the same images in the same order")
+    labs = sorted({r["lab"] for r in rows_a})
+    out: dict[str, dict] = {}
+    for s in SCALE_NAMES:
+        k = f"{s}_{key}"
+        diffs = {lab: np.array([b[k] - a[k] for a, b in zip(rows_a, rows_b) if a["lab"] == lab]) for lab in labs}
+        for lab in labs:
+            out.setdefault(lab, {"images": len(diffs[lab])})[s] = _interval([diffs[lab]])
+        out.setdefault("mean over labs", {"images": len(rows_a)})[s] = _interval(list(diffs.values()))
+    return out
+
+
+def difference_table(report: dict) -> str:
+    """Each model after the first against the first, PSNR RGB, per lab and mean over labs."""
+    diffs = report.get("differences", {})
+    if not diffs:
+        return ""
+    first = next(iter(report["models"]))
+    lines = [f"### Paired difference against {first}: PSNR RGB (dB), mean over the same images "
+             "and its 95 % interval", "", "| lab | images | model | " + " | ".join(SCALE_NAMES) + " |",
+             "|" + "---|" * (3 + len(SCALE_NAMES))]
+    for name, table in diffs.items():
+        for lab, row in table.items():
+            cells = [f"{m:+.2f} ± {h:.2f}" if h is not None else f"{m:+.2f}" for m, h in (row[s] for s in SCALE_NAMES)]
+            lines.append(f"| {lab} | {row['images']} | {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def tables(report: dict) -> str:
     """All tables of an evaluation report as Markdown."""
     parts = [quality_table(report, *m) for m in METRICS] + [band_table(report), consistency_table(report),
                                                             direction_table(report)]
+    parts += [t for t in [difference_table(report)] if t]
     n = len(report["images"])
     return "\n\n".join(parts) + f"\n\n(whole images, {n} in all; gains are model minus bicubic on the same 5X input)\n"
 
