@@ -138,13 +138,17 @@ def test_paired_differences_match_the_t_interval_and_pool_labs():
     assert "| x | 12 | B | " in text and "±" in text
 
 
-def test_evaluate_two_models_reports_their_paired_difference(monuseg, smoke_checkpoint, tmp_path):
+def test_evaluate_two_models_reports_their_paired_difference(he40, smoke_checkpoint, tmp_path):
+    """Real H&E (the PyPI stand-in when ../shared is absent): two quarters of one tile as two images."""
+    import torch
     cfg = load("training/configs/smoke.yaml", ["data.jpeg_quality=90"])
-    torch = pytest.importorskip("torch")
     torch.manual_seed(1)
     other = tmp_path / "other.pt"
     checkpoint.save(other, MultiScaleGenerator(cfg.model).eval(), name="other", config={"data": {"jpeg_quality": 90}})
-    items = [("lab-a", monuseg / TILES[0]), ("lab-a", monuseg / TILES[1])]
+    items = []
+    for i, crop in enumerate((he40[:256, :256], he40[-256:, -256:])):
+        Image.fromarray(crop).save(tmp_path / f"q{i}.png")
+        items.append(("lab-a", tmp_path / f"q{i}.png"))
     report = evaluate([smoke_checkpoint, other], items, None, progress=False)
     d = report["differences"]["other"]
     for s in ("10X", "20X", "40X"):
