@@ -132,6 +132,8 @@ def test_paired_differences_match_the_t_interval_and_pool_labs():
     assert two["mean over labs"]["10X"][0] == pytest.approx((two["x"]["10X"][0] + two["y"]["10X"][0]) / 2)
     assert two["mean over labs"]["10X"][1] < max(two["x"]["10X"][1], two["y"]["10X"][1])  # two labs' means, averaged
     json.dumps(d, allow_nan=False)
+    shifted = paired_differences(rows_a[:3], [{**r, "10X_psnr_rgb": r["10X_psnr_rgb"] + 0.5} for r in rows_a[:3]])
+    assert shifted["x"]["10X"] == (pytest.approx(0.5), 0.0)  # every image moved alike: an interval of zero width
     with pytest.raises(ValueError):
         paired_differences(rows_a, rows_b[::-1])
     text = difference_table({"models": {"A": {}, "B": {}}, "differences": {"B": d}})

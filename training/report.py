@@ -85,9 +85,12 @@ def _interval(per_lab: list[np.ndarray]) -> tuple[float, float | None]:
     means = [d.mean() for d in per_lab]
     var = [d.var(ddof=1) / len(d) if len(d) > 1 else np.nan for d in per_lab]
     se2 = sum(var) / len(per_lab) ** 2
-    df = sum(var) ** 2 / sum(v * v / (len(d) - 1) for v, d in zip(var, per_lab)) if np.isfinite(se2) and se2 > 0 else None
-    half = float(stats.t.ppf(0.975, df) * np.sqrt(se2)) if np.isfinite(se2) and se2 > 0 else None
-    return float(np.mean(means)), half  # None: one image in a lab, no interval (also keeps the JSON strict)
+    if not np.isfinite(se2):
+        return float(np.mean(means)), None  # a lab of one image: no interval (None also keeps the JSON strict)
+    if se2 == 0:
+        return float(np.mean(means)), 0.0  # every image moved by the same amount
+    df = sum(var) ** 2 / sum(v * v / (len(d) - 1) for v, d in zip(var, per_lab))
+    return float(np.mean(means)), float(stats.t.ppf(0.975, df) * np.sqrt(se2))
 
 
 def paired_differences(rows_a: list[dict], rows_b: list[dict], key: str = "psnr_rgb") -> dict:
