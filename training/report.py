@@ -113,9 +113,7 @@ def paired_differences(rows_a: list[dict], rows_b: list[dict], key: str = "psnr_
 
 def difference_table(report: dict) -> str:
     """Each model after the first against the first, PSNR RGB, per lab and mean over labs."""
-    diffs = report.get("differences", {})
-    if not diffs:
-        return ""
+    diffs = report["differences"]
     first = next(iter(report["models"]))
     lines = [f"### Paired difference against {first}: PSNR RGB (dB), mean over the same images "
              "and its 95 % interval", "", "| lab | images | model | " + " | ".join(SCALE_NAMES) + " |",
@@ -131,7 +129,8 @@ def tables(report: dict) -> str:
     """All tables of an evaluation report as Markdown."""
     parts = [quality_table(report, *m) for m in METRICS] + [band_table(report), consistency_table(report),
                                                             direction_table(report)]
-    parts += [t for t in [difference_table(report)] if t]
+    if report.get("differences"):  # two or more models
+        parts.append(difference_table(report))
     n = len(report["images"])
     return "\n\n".join(parts) + f"\n\n(whole images, {n} in all; gains are model minus bicubic on the same 5X input)\n"
 
