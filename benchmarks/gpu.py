@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     dev = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
                        a.device if a.device != "auto" else "cpu")
     if dev.type == "cuda":
-        print(f"device: {torch.cuda.get_device_name(dev)} (CUDA {torch.version.cuda}), torch {torch.__version__}")
+        print(f"device: {torch.cuda.get_device_name(dev)} (CUDA {torch.version.cuda}), torch {torch.__version__}; "
+              f"fp32 rows run cuDNN convolutions in {'TF32' if torch.backends.cudnn.allow_tf32 else 'full fp32'}")
     else:
         print(f"device: CPU ({torch.get_num_threads()} threads) — no CUDA device"
               + (" (asked for the CPU)" if a.device == "cpu" else ", so these are CPU figures"))

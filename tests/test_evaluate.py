@@ -89,6 +89,16 @@ def test_evaluate_cli(monuseg, smoke_checkpoint, capsys):
     assert main([str(smoke_checkpoint.with_name("missing.pt"))]) == 2
 
 
+def test_evaluate_says_where_checkpoints_run_and_refuses_a_missing_gpu(monuseg, smoke_checkpoint, capsys):
+    import torch
+
+    assert main([str(smoke_checkpoint), "--data", str(monuseg), "--device", "cpu"]) == 0
+    assert "checkpoints run on cpu" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main([str(smoke_checkpoint), "--data", str(monuseg), "--device", "cuda"]) == 2
+        assert "no CUDA GPU" in capsys.readouterr().err
+
+
 def test_texture_gain_study_band_power_in_closed_form_matches_the_scaled_image():
     """training/ablation/texture_gain.py's ratio(t, g) from |B|², |D|² and B·D* equals the band power of
     B + g·(y − B) computed directly, in the four bands and in the 16 fine ones."""

@@ -14,6 +14,7 @@ from training.model import MultiScaleGenerator
 from training.train import learning_rate, main, to_tensors, train
 
 SMOKE = "training/configs/smoke.yaml"
+CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
 
 
 def test_overrides_and_unknown_keys():
@@ -112,6 +113,9 @@ def test_cli_errors_exit_2(tmp_path, capsys):
     assert main(["--config", SMOKE, "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
     assert "error:" in capsys.readouterr().err
     assert main(["--config", SMOKE, "--set", "model.activation=gelu", "--data", ".", "--out", str(tmp_path / "o")]) == 2
+    if not torch.cuda.is_available():
+        assert main(["--config", SMOKE, "--data", ".", "--out", str(tmp_path / "o"), "--device", "cuda"]) == 2
+        assert "no CUDA GPU" in capsys.readouterr().err
 
 
 def test_adversarial_and_perceptual_training_steps(tmp_path):
@@ -290,3 +294,13 @@ def test_a_log_with_old_columns_is_rewritten_with_its_rows_kept(tmp_path):
     log.write_text("step,loss\n150,0.5\n")
     write_log_row(log, ["step", "loss", "band_energy"], {"step": 300, "loss": 0.4, "band_energy": 0.2})
     assert log.read_text().splitlines() == ["step,loss,band_energy", "150,0.5,", "300,0.4,0.2"]
+
+
+def test_the_gpu_config_is_the_paper_network_on_the_faithful_recipe():
+    """paper-gpu.yaml differs from faithful.yaml in network size (paper.yaml's) and in what a
+    clock-stopped GPU run needs, not in data, augmentation or loss."""
+    gpu, paper, faithful = (load(CONFIGS / f"{n}.yaml") for n in ("paper-gpu", "paper", "faithful"))
+    for name in ("features", "growth", "blocks", "rdbs_per_block", "dense_layers", "activation"):
+        assert getattr(gpu.model, name) == getattr(paper.model, name)
+    assert gpu.data == faithful.data and gpu.loss == faithful.loss
+    assert gpu.optim.decay_every_epochs * gpu.run.steps_per_epoch > 10 * 250 * 36  # no decay in any clock-stopped run

@@ -39,7 +39,7 @@ from tileserver.degrade import degrade
 from training.data import load_rgb, scale_levels
 from training.metrics import BANDS, SCALE_NAMES, band_power, bicubic_up, direction_bias, image_metrics, psnr
 from training.report import paired_differences, save_crops_png, tables, write_csv
-from training.upscale import Upscaler, load_upscaler
+from training.upscale import Upscaler, device_name, load_upscaler
 
 BAND_SCALES = ["20X", "40X"]
 
@@ -96,10 +96,12 @@ def model_label(path: Path, name: str, ambiguous: bool) -> str:
     return f"{name} ({path.name if path.is_dir() else path.parent.name + '/' + path.name})" if ambiguous else name
 
 
-def evaluate(models: Sequence[Path], items: Sequence[tuple[str, Path]], out_dir: Path | None, progress: bool = True) -> dict:
+def evaluate(models: Sequence[Path], items: Sequence[tuple[str, Path]], out_dir: Path | None, progress: bool = True,
+             device: str = "cpu") -> dict:
     """Evaluate every model on the (lab, image) items; returns {"models": {name: summary}, ...}
-    and, with ``out_dir``, writes per_image.csv, summary.json, tables.md and crops-<lab>.png."""
-    loaded = [load_upscaler(m) for m in models]
+    and, with ``out_dir``, writes per_image.csv, summary.json, tables.md and crops-<lab>.png.
+    ``device`` is where checkpoints run (bundles run on ONNX Runtime's CPU provider)."""
+    loaded = [load_upscaler(m, device) for m in models]
     names = [model_label(m, info["name"], [i["name"] for _, i in loaded].count(info["name"]) > 1)
              for m, (_, info) in zip(models, loaded)]
     rows: dict[str, list[dict]] = {n: [] for n in names}
@@ -155,6 +157,16 @@ def source_items(config: Path, data_root: Path) -> list[tuple[str, Path]]:
     return split_sources([SourceSpec.from_dict(d) for d in cfg.data.sources], data_root)[1]
 
 
+def checkpoint_device(choice: str) -> str | None:
+    """"cpu" or "cuda" for --device (auto: CUDA when PyTorch sees a GPU); None when CUDA is asked for and absent."""
+    import torch
+
+    has_cuda = torch.cuda.is_available()
+    if choice == "auto":
+        return "cuda" if has_cuda else "cpu"
+    return None if choice == "cuda" and not has_cuda else choice
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("models", nargs="*", type=Path, help="checkpoints .pt or bundle folders (default: the shipped model)")
@@ -162,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sources", type=Path, help="a training config whose named sources' validation split to use")
     ap.add_argument("--images", nargs="*", help="image file names in --data (one lab, named after the folder)")
     ap.add_argument("--out", type=Path, help="folder for per_image.csv, summary.json, tables.md, crops-<lab>.png")
+    ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                    help="where checkpoints (.pt) run; auto = CUDA when PyTorch sees a GPU (bundles always run on the CPU)")
     args = ap.parse_args(argv)
     from training.checkpoint import DEFAULT_CHECKPOINT
 
@@ -184,7 +198,13 @@ def main(argv: list[str] | None = None) -> int:
     if not items or absent:
         print(f"error: no evaluation images found (missing: {absent}); give --data and --sources or --images", file=sys.stderr)
         return 2
-    report = evaluate(models, items, args.out)
+    device = checkpoint_device(args.device)
+    if device is None:
+        print("error: --device cuda, but PyTorch sees no CUDA GPU here", file=sys.stderr)
+        return 2
+    if any(not m.is_dir() for m in models):
+        print(f"checkpoints run on {device_name(device)}", file=sys.stderr)
+    report = evaluate(models, items, args.out, device=device)
     print(tables(report))
     if args.out:
         print(f"wrote {args.out}/per_image.csv, summary.json, tables.md, crops-<lab>.png")

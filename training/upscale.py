@@ -11,17 +11,31 @@ import numpy as np
 Upscaler = Callable[[np.ndarray], list[np.ndarray]]
 
 
-def torch_upscaler(model) -> Upscaler:
-    """Run a MultiScaleGenerator stage by stage with uint8 rounding between stages."""
+def device_name(device: str) -> str:
+    """"cuda (NVIDIA H200)" or "cpu (no CUDA GPU seen)": where PyTorch work runs, said out loud."""
     import torch
+
+    if device == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(0)})"
+    return "cpu" + ("" if torch.cuda.is_available() else " (no CUDA GPU seen)")
+
+
+def torch_upscaler(model) -> Upscaler:
+    """Run a MultiScaleGenerator stage by stage with uint8 rounding between stages, on the
+    device its weights are on (full fp32: TF32 convolutions are turned off on CUDA)."""
+    import torch
+
+    dev = next(model.parameters()).device
+    if dev.type == "cuda":
+        torch.backends.cudnn.allow_tf32 = False  # TF32 rounds inputs to 10 bits: not what the CPU computes
 
     def run(img5: np.ndarray) -> list[np.ndarray]:
         outs = []
         x = img5
         with torch.no_grad():
             for stage in model.stages:
-                t = torch.from_numpy(x.copy()).permute(2, 0, 1)[None].float().div(255)
-                y = stage(t)[0].clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).numpy()
+                t = torch.from_numpy(x.copy()).to(dev).permute(2, 0, 1)[None].float().div(255)
+                y = stage(t)[0].clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
                 outs.append(y)
                 x = y
         return outs
@@ -48,13 +62,15 @@ def bundle_upscaler(bundle_dir: Path | str, device: str = "cpu", threads: int | 
     return upscale, {"name": bundle.name, "jpeg_quality": (cfg.get("data") or {}).get("jpeg_quality")}
 
 
-def load_upscaler(path: Path) -> tuple[Upscaler, dict]:
+def load_upscaler(path: Path, device: str = "cpu") -> tuple[Upscaler, dict]:
     """A checkpoint (.pt) or an exported bundle directory (manifest.json + ONNX), with
-    {"name", "jpeg_quality"}: the model's name and the JPEG quality of its training inputs."""
+    {"name", "jpeg_quality"}: the model's name and the JPEG quality of its training inputs.
+    ``device`` ("cpu" or "cuda") is where a checkpoint runs; bundles run on ONNX Runtime's CPU
+    provider (this is for measuring, and the CPU is what every figure here was measured on)."""
     path = Path(path)
     if path.is_dir():
         return bundle_upscaler(path)
     from training.checkpoint import load_generator
 
     model, meta = load_generator(path)
-    return torch_upscaler(model), {"name": meta.get("name", path.stem), "jpeg_quality": meta["config"]["data"]["jpeg_quality"]}
+    return torch_upscaler(model.to(device)), {"name": meta.get("name", path.stem), "jpeg_quality": meta["config"]["data"]["jpeg_quality"]}
