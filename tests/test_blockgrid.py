@@ -84,7 +84,7 @@ def test_chain_property(stride, margin, halos, data):
 
 def test_the_screen_floor_bounds_the_served_grid_from_below():
     """benchmarks/chain.py's pixel accounting: a 40X screen's top blocks < one window per lower plane <
-    the served grid < the old grid (the README's argument for why 0.6x is out of reach)."""
+    the served grid < the old grid (docs/benchmarks.md's argument for why 0.6x is out of reach)."""
     import sys
     from pathlib import Path
 
