@@ -111,21 +111,38 @@ def consistency_loss(sr40: torch.Tensor, lr5: torch.Tensor) -> torch.Tensor:
     return F.l1_loss(degrade_torch(sr40, 3), lr5)
 
 
-class GeneratorLoss(torch.nn.Module):
-    """Sum over the three outputs of the weighted terms; returns (total, parts)."""
+def equivariance_loss(model: torch.nn.Module, lr5: torch.Tensor, out40: torch.Tensor) -> torch.Tensor:
+    """L1 between the 40X of the input turned by 90, 180 or 270 degrees and the 40X turned alike:
+    zero for texture that follows the tissue, large for streaks of one fixed direction."""
+    k = int(torch.randint(1, 4, ()))
+    turned = model(torch.rot90(lr5, k, dims=(-2, -1)))[-1]
+    return F.l1_loss(turned.float(), torch.rot90(out40.float(), k, dims=(-2, -1)))
 
-    def __init__(self, weights: LossWeights, vgg: VGGFeatures | None = None, disc: PatchDiscriminator | None = None):
+
+class GeneratorLoss(torch.nn.Module):
+    """Sum over the three outputs of the weighted terms; returns (total, parts).
+
+    Networks the terms need come in here: VGG features (perceptual), the discriminator
+    (adversarial, feature matching), a frozen teacher (distill); the equivariance term runs
+    the generator itself on a turned input, so ``forward`` takes it as ``model``."""
+
+    def __init__(self, weights: LossWeights, vgg: VGGFeatures | None = None, disc: PatchDiscriminator | None = None,
+                 teacher: torch.nn.Module | None = None):
         super().__init__()
         self.w = weights
         if weights.perceptual and vgg is None:
             raise ValueError("a perceptual loss weight needs VGG features")
         if (weights.adversarial or weights.feature_match) and disc is None:
             raise ValueError("adversarial and feature-matching weights need a discriminator")
+        if weights.distill and teacher is None:
+            raise ValueError("a distillation weight needs a teacher")
         self.vgg = vgg
         self.disc = disc
+        self.teacher = teacher
 
     def forward(
-        self, outputs: list[torch.Tensor], targets: list[torch.Tensor], lr5: torch.Tensor | None = None
+        self, outputs: list[torch.Tensor], targets: list[torch.Tensor], lr5: torch.Tensor | None = None,
+        model: torch.nn.Module | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         parts: dict[str, torch.Tensor] = {}
         total = outputs[0].new_zeros(())
@@ -167,6 +184,15 @@ class GeneratorLoss(torch.nn.Module):
             if lr5 is None:
                 raise ValueError("the consistency term needs the 5X input")
             add("consistency", consistency_loss(outputs[-1], lr5), self.w.consistency)
+        if self.w.distill:
+            with torch.no_grad():  # the teacher's last stage on this model's own input to it
+                below = outputs[-2] if len(outputs) > 1 else lr5
+                taught = self.teacher.stages[-1](below.float()).float()
+            add("distill", F.l1_loss(outputs[-1].float(), taught), self.w.distill)
+        if self.w.equivariance:
+            if model is None or lr5 is None:
+                raise ValueError("the equivariance term needs the generator and the 5X input")
+            add("equivariance", equivariance_loss(model, lr5, outputs[-1]), self.w.equivariance)
         return total, {k: float(v) for k, v in parts.items()}
 
 

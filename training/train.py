@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import yaml
 from tqdm import tqdm
 
@@ -137,10 +136,10 @@ class Trainer:
         vgg = VGGFeatures(cfg.loss.vgg_weights).to(dev) if cfg.loss.perceptual else None
         self.disc = PatchDiscriminator(width=cfg.loss.disc_width).to(dev) if cfg.loss.adversarial or cfg.loss.feature_match else None
         self.d_opt = torch.optim.Adam(self.disc.parameters(), lr=cfg.optim.d_lr, betas=cfg.optim.d_betas) if self.disc else None
-        self.loss_fn = GeneratorLoss(cfg.loss, vgg, self.disc)
         if cfg.loss.distill and not (cfg.loss.teacher and Path(cfg.loss.teacher).is_file()):
             raise ConfigError(f"loss.distill needs loss.teacher, the checkpoint to copy (got {cfg.loss.teacher!r})")
-        self.teacher = checkpoint.load_generator(Path(cfg.loss.teacher))[0].to(dev) if cfg.loss.distill else None
+        teacher = checkpoint.load_generator(Path(cfg.loss.teacher))[0].to(dev) if cfg.loss.distill else None
+        self.loss_fn = GeneratorLoss(cfg.loss, vgg, self.disc, teacher)
         self.step, self.best = 0, -float("inf")
 
     def init_from(self, path: Path) -> None:
@@ -174,28 +173,12 @@ class Trainer:
                 d_loss.backward()
                 self.d_opt.step()
                 parts["d_loss"] = d_loss.item()
-            loss, g_parts = self.loss_fn([o.float() for o in outputs], targets, lr5)
-            if self.teacher is not None:
-                with torch.no_grad():  # the teacher's last stage on this model's own input to it
-                    below = outputs[-2] if len(outputs) > 1 else lr5
-                    taught = self.teacher.stages[-1](below.float()).float()
-                distill = F.l1_loss(outputs[-1].float(), taught)
-                loss, g_parts["distill"] = loss + self.cfg.loss.distill * distill, distill.item()
-            if self.cfg.loss.equivariance:
-                eq = self.equivariance(lr5, outputs[-1])
-                loss, g_parts["equivariance"] = loss + self.cfg.loss.equivariance * eq, eq.item()
+            loss, g_parts = self.loss_fn([o.float() for o in outputs], targets, lr5, model=self.model)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
         self.step += 1
         return {"loss": loss.item(), **g_parts, **parts}
-
-    def equivariance(self, lr5: torch.Tensor, out40: torch.Tensor) -> torch.Tensor:
-        """L1 between the 40X of the input turned by 90, 180 or 270 degrees and the 40X turned alike:
-        zero for texture that follows the tissue, large for streaks of one fixed direction."""
-        k = int(torch.randint(1, 4, ()))
-        turned = self.model(torch.rot90(lr5, k, dims=(-2, -1)))[-1]
-        return F.l1_loss(turned.float(), torch.rot90(out40.float(), k, dims=(-2, -1)))
 
     def validate(self, extras: dict) -> tuple[dict[str, np.ndarray], list[float]]:
         """PSNR-Y per lab and scale, and the per-scale mean over the labs seen in training;
