@@ -89,13 +89,16 @@ def test_evaluate_cli(monuseg, smoke_checkpoint, capsys):
     assert main([str(smoke_checkpoint.with_name("missing.pt"))]) == 2
 
 
-def test_evaluate_says_where_checkpoints_run_and_refuses_a_missing_gpu(monuseg, smoke_checkpoint, capsys):
+def test_evaluate_says_where_checkpoints_run_and_refuses_a_missing_gpu(he40, smoke_checkpoint, tmp_path, capsys):
+    """Real H&E (the PyPI stand-in when ../shared is absent)."""
     import torch
 
-    assert main([str(smoke_checkpoint), "--data", str(monuseg), "--device", "cpu"]) == 0
+    Image.fromarray(he40[:256, :256]).save(tmp_path / "a.png")
+    args = [str(smoke_checkpoint), "--data", str(tmp_path), "--images", "a.png"]
+    assert main(args + ["--device", "cpu"]) == 0
     assert "checkpoints run on cpu" in capsys.readouterr().err
     if not torch.cuda.is_available():
-        assert main([str(smoke_checkpoint), "--data", str(monuseg), "--device", "cuda"]) == 2
+        assert main(args + ["--device", "cuda"]) == 2
         assert "no CUDA GPU" in capsys.readouterr().err
 
 
