@@ -25,6 +25,17 @@ def test_measures_a_shipped_bundle_and_names_the_device(capsys):
     assert float(row.split()[-1]) > 0  # 40X tiles per second
 
 
+def test_a_network_from_a_config_and_its_training_step(capsys):
+    smoke = ROOT / "training" / "configs" / "smoke.yaml"
+    assert gpu.main(["--device", "cpu", "--models", "--configs", str(smoke), "--batches", "1", "--precisions", "fp32",
+                     "--seconds", "0.05", "--train"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("smoke "))
+    assert "[64, 96, 160]" in row and float(row.split()[-1]) > 0  # 16 px halos; 40X tiles per second
+    step = next(line for line in out.splitlines() if line.startswith("smoke: one training step"))
+    assert "batch 2 of 16 px" in step and float(step.split(" = ")[1].split()[0]) > 0  # smoke.yaml's batch and crop
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_asking_for_cuda_without_it_exits_2(capsys):
     assert gpu.main(["--device", "cuda"]) == 2
