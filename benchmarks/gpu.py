@@ -133,9 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'model':<16}{'precision':>10}{'batch':>7}{'block inputs (px)':>20}{'ms per run, stage 1 / 2 / 3':>32}"
           f"{'40X tiles/s':>13}")
     steps = []
-    for source in [*a.models, *a.configs]:
+    for source, is_config in [(m, False) for m in a.models] + [(c, True) for c in a.configs]:
         try:  # a bundle or config that does not load, or a device out of memory: one line, exit 2
-            if source in a.configs:
+            if is_config:
                 model, sides, shape, name = from_config(source, dev)
             else:
                 (model, sides), name = load(source, dev), source.name
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                     per = " / ".join(f"{v:.2f}" for v in ms)
                     print(f"{name:<16}{precision:>10}{batch:>7}{str(sides):>20}{per:>32}"
                           f"{1000 * batch / sum(ms):>13.1f}", flush=True)
-            if a.train:
+            if a.train:  # last: the step changes the weights
                 steps.append((name, shape, train_step_ms(model, dev, *shape, a.seconds)))
         except (OSError, ValueError, RuntimeError) as e:
             print(f"gpu: {source}: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
