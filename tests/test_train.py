@@ -71,12 +71,15 @@ def synthetic_tiles(folder: Path, n: int = 3) -> Path:
     return folder
 
 
-def test_checkpoint_round_trip_and_resume_at_the_same_step(tmp_path):
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_checkpoint_round_trip_and_resume_at_the_same_step(tmp_path, prefetch):
     data = synthetic_tiles(tmp_path / "tiles")
-    cfg = load(SMOKE, ["data.val_count=1", "run.epochs=2", "run.steps_per_epoch=3", "data.val_crop=null"])
+    cfg = load(SMOKE, ["data.val_count=1", "run.epochs=2", "run.steps_per_epoch=3", "data.val_crop=null",
+                       f"run.prefetch_batches={prefetch}"])
     straight = tmp_path / "straight"
     train(cfg, data, straight, progress=False)
-    half = load(SMOKE, ["data.val_count=1", "run.epochs=1", "run.steps_per_epoch=3", "data.val_crop=null"])
+    half = load(SMOKE, ["data.val_count=1", "run.epochs=1", "run.steps_per_epoch=3", "data.val_crop=null",
+                        f"run.prefetch_batches={prefetch}"])
     resumed = tmp_path / "resumed"
     train(half, data, resumed, progress=False)
     assert checkpoint.load(resumed / "last.pt")["step"] == 3
@@ -304,3 +307,50 @@ def test_the_gpu_config_is_the_paper_network_on_the_faithful_recipe():
         assert getattr(gpu.model, name) == getattr(paper.model, name)
     assert gpu.data == faithful.data and gpu.loss == faithful.loss
     assert gpu.optim.decay_every_epochs > gpu.run.epochs  # a constant learning rate: the clock stops the run
+
+
+def test_prefetched_batches_are_the_samplers_own_in_order_with_each_steps_threshold(tmp_path):
+    from training.data import BatchPrefetcher, BatchSampler
+    from training.sources import TileSource
+
+    folder = synthetic_tiles(tmp_path / "tiles")
+    sources = [TileSource(np.asarray(Image.open(p)), p.name) for p in sorted(folder.iterdir())]
+    direct, ahead = (BatchSampler(sources, crop=16, batch=2, seed=3) for _ in range(2))
+    threshold_at = lambda step: 0.0 if step < 7 else 0.02  # noqa: E731 - the curriculum steps up at step 7
+    prefetcher = BatchPrefetcher(ahead, threshold_at, first_step=5, depth=2)
+    try:
+        for step in range(5, 10):
+            want = direct.next(threshold_at(step))
+            got = prefetcher.next()
+            assert all(np.array_equal(a, b) for a, b in zip(want, got))
+            assert prefetcher.state == direct.rng.bit_generator.state  # what a checkpoint saves
+    finally:
+        prefetcher.close()
+
+
+def test_training_with_prefetch_is_training_without_it(tmp_path):
+    data = synthetic_tiles(tmp_path / "tiles")
+    base = ["data.val_count=1", "run.epochs=2", "run.steps_per_epoch=3", "data.val_crop=null"]
+    for prefetch in (0, 3):
+        train(load(SMOKE, base + [f"run.prefetch_batches={prefetch}"]), data, tmp_path / f"p{prefetch}", progress=False)
+    a, b = checkpoint.load(tmp_path / "p0" / "last.pt"), checkpoint.load(tmp_path / "p3" / "last.pt")
+    assert a["rng"]["sampler"] == b["rng"]["sampler"]
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=0)
+
+
+def test_the_training_batches_benchmark_times_both_ways(tmp_path, capsys):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "training_batches.py"
+    spec = importlib.util.spec_from_file_location("training_batches", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    data = synthetic_tiles(tmp_path / "tiles")
+    config = tmp_path / "smoke.yaml"
+    config.write_text(f"extends: {Path(SMOKE).resolve()}\ndata: {{val_count: 1}}\n")
+    assert bench.main(["--data", str(data), "--config", str(config), "--device", "cpu", "--steps", "2",
+                       "--rounds", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "the sampler alone" in out and "prefetch 2:" in out and "median steps/s: in turn" in out
+    assert bench.main(["--data", str(tmp_path / "missing"), "--config", str(config), "--device", "cpu"]) == 2

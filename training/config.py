@@ -59,12 +59,15 @@ class RunConfig:
     select: str = "psnr"  # best.pt: "psnr" (best seen-lab PSNR-Y) or "last" (e.g. the realistic model)
     snapshots: bool = False  # also keep the weights of every validation step in snapshots/ (for training/average.py)
     precision: str = "auto"  # "bf16" (autocast; fast on CPUs with AMX/AVX512-BF16), "fp32", "auto" = bf16 on CUDA only
+    prefetch_batches: int = 0  # batches made ahead on a background thread (for a GPU; 0 = in turn, as on a 2-core CPU)
 
     def __post_init__(self) -> None:
         if self.select not in ("psnr", "last"):
             raise ValueError(f"select must be psnr or last, not {self.select!r}")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"precision must be auto, bf16 or fp32, not {self.precision!r}")
+        if self.prefetch_batches < 0:
+            raise ValueError(f"prefetch_batches must be >= 0, not {self.prefetch_batches}")
 
 
 @dataclasses.dataclass

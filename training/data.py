@@ -11,9 +11,11 @@ flatness curriculum. Validation is split by patient, never by crop.
 from __future__ import annotations
 
 import dataclasses
+import queue
 import re
+import threading
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -27,7 +29,8 @@ SLIDE_SUFFIXES = {".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".sv
 SCALES = 3  # 5X → 10X → 20X → 40X
 MARGIN = 32  # 40X px of real context around a training crop (more than the degradation's reach)
 
-__all__ = ["DataError", "FACTOR", "SCALES", "SourceSpec", "Dataset", "BatchSampler", "scale_levels", "make_pair"]
+__all__ = ["DataError", "FACTOR", "SCALES", "SourceSpec", "Dataset", "BatchSampler", "BatchPrefetcher", "scale_levels",
+           "make_pair"]
 
 
 def load_rgb(path: Path) -> np.ndarray:
@@ -236,3 +239,50 @@ class BatchSampler:
             k, flip = AUGMENTATIONS[int(self.rng.integers(len(AUGMENTATIONS)))]
             items.append(augment(crops, k, flip))
         return [np.stack([it[i] for it in items]) for i in range(SCALES + 1)]
+
+
+class BatchPrefetcher:
+    """A sampler's batches made ``depth`` ahead on one background thread, so that a GPU does not wait
+    while the CPU cuts, recolours and degrades the next batch (on a 2-core CPU the thread only
+    competes with PyTorch's own). The batches are the ones the sampler would give without it, in the
+    same order, each with the threshold ``threshold_at(step)`` of the step it is for; ``state`` is the
+    sampler's RNG state just after the last batch handed out, so a checkpoint that saves it resumes
+    exactly as one made without prefetching."""
+
+    def __init__(self, sampler: BatchSampler, threshold_at: Callable[[int], float], first_step: int, depth: int = 2):
+        self.sampler = sampler
+        self.state = sampler.rng.bit_generator.state
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(threshold_at, first_step), name="batch-prefetch",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self, threshold_at: Callable[[int], float], step: int) -> None:
+        while not self._stop.is_set():
+            try:
+                item = (self.sampler.next(threshold_at(step)), self.sampler.rng.bit_generator.state)
+            except BaseException as e:  # handed to the consumer, raised there
+                item = (e, None)
+            while not self._stop.is_set():
+                try:
+                    self._queue.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    pass
+            if isinstance(item[0], BaseException):
+                return
+            step += 1
+
+    def next(self) -> list[np.ndarray]:
+        batch, state = self._queue.get()
+        if isinstance(batch, BaseException):
+            raise batch
+        self.state = state
+        return batch
+
+    def close(self) -> None:
+        """Stop the thread (the batches made ahead are dropped; ``state`` stays the consumer's)."""
+        self._stop.set()
+        self._thread.join()
+

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from training import checkpoint
 from training.config import Config, ConfigError, load, to_dict
 from training.curves import plot_curves
-from training.data import BatchSampler, DataError, Dataset, SourceSpec, build_dataset, curriculum_threshold, load_rgb, scale_levels
+from training.data import BatchPrefetcher, BatchSampler, DataError, Dataset, SourceSpec, build_dataset, curriculum_threshold, load_rgb, scale_levels
 from training.losses import GeneratorLoss, discriminator_loss
 from tileserver.degrade import degrade
 from tileserver.files import write_atomically
@@ -141,6 +141,26 @@ class Trainer:
         teacher = checkpoint.load_generator(Path(cfg.loss.teacher))[0].to(dev) if cfg.loss.distill else None
         self.loss_fn = GeneratorLoss(cfg.loss, vgg, self.disc, teacher)
         self.step, self.best = 0, -float("inf")
+        self.prefetcher: BatchPrefetcher | None = None
+
+    def threshold(self, step: int) -> float:
+        """The flatness curriculum's threshold for the batch of ``step`` (0-based)."""
+        d = self.cfg.data
+        return curriculum_threshold(step // self.cfg.run.steps_per_epoch, d.curriculum_step, d.curriculum_every_epochs,
+                                    d.curriculum_max) if d.curriculum else 0.0
+
+    def start_prefetch(self) -> None:
+        """With ``run.prefetch_batches``, make the next batches on a background thread from here on."""
+        if self.cfg.run.prefetch_batches and self.prefetcher is None:
+            self.prefetcher = BatchPrefetcher(self.sampler, self.threshold, self.step, self.cfg.run.prefetch_batches)
+
+    def stop_prefetch(self) -> None:
+        if self.prefetcher is not None:
+            self.prefetcher.close()
+
+    def sampler_state(self) -> dict:
+        """The sampler's RNG state after the last batch trained on (not after those made ahead)."""
+        return self.prefetcher.state if self.prefetcher else self.sampler.rng.bit_generator.state
 
     def init_from(self, path: Path) -> None:
         """Start from another run's generator weights (fine-tuning), not its optimiser or step."""
@@ -161,7 +181,8 @@ class Trainer:
         """One D step (when there is a discriminator), then one G step; returns the loss parts."""
         for g in self.opt.param_groups:
             g["lr"] = learning_rate(self.cfg, self.step)
-        lr5, *targets = to_tensors(self.sampler.next(threshold), self.dev)
+        batch = self.prefetcher.next() if self.prefetcher else self.sampler.next(threshold)  # the same batch either way
+        lr5, *targets = to_tensors(batch, self.dev)
         self.model.train()
         bf16 = self.cfg.run.precision == "bf16" or (self.cfg.run.precision == "auto" and self.dev.type == "cuda")
         with torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=bf16):
@@ -202,7 +223,7 @@ class Trainer:
         checkpoint.save(out_dir / "last.pt", self.model, step=self.step, best_val=self.best, val_psnr_y=scores,
                         optimizer=self.opt.state_dict(), discriminator=self.disc.state_dict() if self.disc else None,
                         d_optimizer=self.d_opt.state_dict() if self.d_opt else None,
-                        rng={"sampler": self.sampler.rng.bit_generator.state, "torch": torch.get_rng_state()}, **meta)
+                        rng={"sampler": self.sampler_state(), "torch": torch.get_rng_state()}, **meta)
 
 
 def log_fields(labs: list[str]) -> list[str]:
@@ -229,6 +250,21 @@ def write_log_row(path: Path, fields: list[str], row: dict) -> None:
         if new:
             w.writeheader()
         w.writerow({k: row.get(k, "") for k in fields})
+
+
+def validate_and_save(t: Trainer, out_dir: Path, fields: list[str], labs: list[str], meta: dict, logged: dict) -> str:
+    """Validate, append the log row (``logged``: step, losses, threshold, time), save the checkpoints
+    and the curves; returns the line to print."""
+    extras: dict[str, float] = {}
+    by_lab, scores = t.validate(extras)
+    row = {**extras, **logged, **{f"val_psnr_y_{s}": v for s, v in zip(SCALE_NAMES, scores)},
+           "val_psnr_y_mean": float(np.mean(scores)),
+           **{f"val_gain_{lab}": float(np.mean(by_lab[lab] - t.bicubic[lab])) for lab in labs}}
+    write_log_row(out_dir / "log.csv", fields, row)
+    t.save(out_dir, scores, meta)
+    plot_curves(out_dir / "log.csv", out_dir / "curves.png", meta["bicubic_val_psnr_y"])
+    return (f"step {t.step}: val PSNR-Y (seen labs) " + " ".join(f"{s} {v:.2f}" for s, v in zip(SCALE_NAMES, scores))
+            + " | gain by lab " + " ".join(f"{lab} {row[f'val_gain_{lab}']:+.2f}" for lab in labs))
 
 
 def prepare_run_folder(cfg: Config, out_dir: Path, command: str, resuming: bool) -> None:
@@ -268,37 +304,31 @@ def train(cfg: Config, data_dir: Path, out_dir: Path, resume: Path | None = None
             "bicubic_val_psnr_y": list(np.mean([t.bicubic[lab] for lab in data.seen_labs if lab in t.bicubic] or [[np.nan] * 3], axis=0)),
             "description": describe(cfg.model), "init": str(init) if init else None}
     total = cfg.run.epochs * cfg.run.steps_per_epoch
-    start, sums, n = time.monotonic(), {}, 0
     bar = tqdm(total=total, initial=t.step, disable=not progress, desc=cfg.name, unit="step", dynamic_ncols=True)
-    while t.step < total:
-        d = cfg.data
-        threshold = curriculum_threshold(t.step // cfg.run.steps_per_epoch, d.curriculum_step, d.curriculum_every_epochs,
-                                         d.curriculum_max) if d.curriculum else 0.0
-        parts = t.train_step(threshold)
-        n += 1
-        for k, v in parts.items():
-            sums[k] = sums.get(k, 0.0) + v
-        bar.update(1)
-        bar.set_postfix(loss=f"{parts['loss']:.4f}", lr=f"{t.opt.param_groups[0]['lr']:.1e}")
-        out_of_time = cfg.run.max_minutes is not None and time.monotonic() - start > 60 * cfg.run.max_minutes
-        if t.step % cfg.run.steps_per_epoch == 0 or t.step == total or out_of_time:
-            extras: dict[str, float] = {}
-            by_lab, scores = t.validate(extras)
-            row = {**extras, "step": t.step, "epoch": t.step / cfg.run.steps_per_epoch, "lr": t.opt.param_groups[0]["lr"],
-                   **{k: v / n for k, v in sums.items()}, **{f"val_psnr_y_{s}": v for s, v in zip(SCALE_NAMES, scores)},
-                   "val_psnr_y_mean": float(np.mean(scores)), "threshold": threshold,
-                   "seconds": round(time.monotonic() - start, 1),
-                   **{f"val_gain_{lab}": float(np.mean(by_lab[lab] - t.bicubic[lab])) for lab in labs}}
-            write_log_row(out_dir / "log.csv", fields, row)
-            sums, n = {}, 0
-            t.save(out_dir, scores, meta)
-            plot_curves(out_dir / "log.csv", out_dir / "curves.png", meta["bicubic_val_psnr_y"])
-            bar.write(f"step {t.step}: val PSNR-Y (seen labs) " + " ".join(f"{s} {v:.2f}" for s, v in zip(SCALE_NAMES, scores))
-                      + " | gain by lab " + " ".join(f"{lab} {row[f'val_gain_{lab}']:+.2f}" for lab in labs))
-            if out_of_time:
-                bar.write(f"stopping: --max-minutes {cfg.run.max_minutes} reached at step {t.step}")
-                break
-    bar.close()
+    t.start_prefetch()
+    start, sums, n = time.monotonic(), {}, 0
+    try:
+        while t.step < total:
+            threshold = t.threshold(t.step)
+            parts = t.train_step(threshold)
+            n += 1
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v
+            bar.update(1)
+            bar.set_postfix(loss=f"{parts['loss']:.4f}", lr=f"{t.opt.param_groups[0]['lr']:.1e}")
+            out_of_time = cfg.run.max_minutes is not None and time.monotonic() - start > 60 * cfg.run.max_minutes
+            if t.step % cfg.run.steps_per_epoch == 0 or t.step == total or out_of_time:
+                logged = {"step": t.step, "epoch": t.step / cfg.run.steps_per_epoch, "lr": t.opt.param_groups[0]["lr"],
+                          **{k: v / n for k, v in sums.items()}, "threshold": threshold,
+                          "seconds": round(time.monotonic() - start, 1)}
+                bar.write(validate_and_save(t, out_dir, fields, labs, meta, logged))
+                sums, n = {}, 0
+                if out_of_time:
+                    bar.write(f"stopping: --max-minutes {cfg.run.max_minutes} reached at step {t.step}")
+                    break
+    finally:
+        t.stop_prefetch()
+        bar.close()
     return out_dir / "best.pt"
 
 
