@@ -28,7 +28,6 @@ def steps_per_second(trainer, steps: int, prefetch: int) -> float:
 
     sync = torch.cuda.synchronize if trainer.dev.type == "cuda" else (lambda: None)
     trainer.cfg.run.prefetch_batches = prefetch
-    trainer.prefetcher = None
     trainer.start_prefetch()
     try:
         trainer.train_step(trainer.threshold(trainer.step))
@@ -40,7 +39,6 @@ def steps_per_second(trainer, steps: int, prefetch: int) -> float:
         return steps / (time.perf_counter() - t0)
     finally:
         trainer.stop_prefetch()
-        trainer.prefetcher = None
 
 
 def main(argv: list[str] | None = None) -> int:

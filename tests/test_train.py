@@ -334,6 +334,7 @@ def test_training_with_prefetch_is_training_without_it(tmp_path):
     for prefetch in (0, 3):
         train(load(SMOKE, base + [f"run.prefetch_batches={prefetch}"]), data, tmp_path / f"p{prefetch}", progress=False)
     a, b = checkpoint.load(tmp_path / "p0" / "last.pt"), checkpoint.load(tmp_path / "p3" / "last.pt")
+    assert a["step"] == b["step"] == 6
     assert a["rng"]["sampler"] == b["rng"]["sampler"]
     for k in a["model"]:
         torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=0)
@@ -354,3 +355,19 @@ def test_the_training_batches_benchmark_times_both_ways(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "the sampler alone" in out and "prefetch 2:" in out and "median steps/s: in turn" in out
     assert bench.main(["--data", str(tmp_path / "missing"), "--config", str(config), "--device", "cpu"]) == 2
+
+
+def test_stopping_the_prefetch_thread_hands_the_sampler_back_where_training_is(tmp_path):
+    from training.data import SourceSpec, build_dataset
+    from training.train import Trainer
+
+    data = synthetic_tiles(tmp_path / "tiles")
+    ahead, in_turn = (Trainer(load(SMOKE, ["data.val_count=1", f"run.prefetch_batches={k}"]),
+                              build_dataset([SourceSpec(name="t", path=".", val_count=1)], data), torch.device("cpu"))
+                      for k in (3, 0))
+    ahead.start_prefetch()
+    for t in (ahead, in_turn):
+        t.train_step(t.threshold(t.step))
+    ahead.stop_prefetch()  # the batches made ahead are dropped; the next one is the one training would take
+    assert ahead.prefetcher is None
+    assert all(np.array_equal(a, b) for a, b in zip(ahead.sampler.next(0.0), in_turn.sampler.next(0.0)))

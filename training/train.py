@@ -155,8 +155,11 @@ class Trainer:
             self.prefetcher = BatchPrefetcher(self.sampler, self.threshold, self.step, self.cfg.run.prefetch_batches)
 
     def stop_prefetch(self) -> None:
+        """Stop the thread; the sampler goes on from the last batch trained on, as if made in turn."""
         if self.prefetcher is not None:
             self.prefetcher.close()
+            self.sampler.rng.bit_generator.state = self.prefetcher.state
+            self.prefetcher = None
 
     def sampler_state(self) -> dict:
         """The sampler's RNG state after the last batch trained on (not after those made ahead)."""
