@@ -30,11 +30,11 @@ def steps_per_second(trainer, steps: int, prefetch: int) -> float:
     trainer.cfg.run.prefetch_batches = prefetch
     trainer.start_prefetch()
     try:
-        trainer.train_step(trainer.threshold(trainer.step))
+        trainer.train_step()
         sync()
         t0 = time.perf_counter()
         for _ in range(steps):
-            trainer.train_step(trainer.threshold(trainer.step))
+            trainer.train_step()
         sync()
         return steps / (time.perf_counter() - t0)
     finally:

@@ -367,7 +367,7 @@ def test_stopping_the_prefetch_thread_hands_the_sampler_back_where_training_is(t
                       for k in (3, 0))
     ahead.start_prefetch()
     for t in (ahead, in_turn):
-        t.train_step(t.threshold(t.step))
+        t.train_step()
     ahead.stop_prefetch()  # the batches made ahead are dropped; the next one is the one training would take
     assert ahead.prefetcher is None
     assert all(np.array_equal(a, b) for a, b in zip(ahead.sampler.next(0.0), in_turn.sampler.next(0.0)))

@@ -180,11 +180,12 @@ class Trainer:
         self.sampler.rng.bit_generator.state = state["rng"]["sampler"]
         torch.set_rng_state(state["rng"]["torch"])
 
-    def train_step(self, threshold: float) -> dict[str, float]:
-        """One D step (when there is a discriminator), then one G step; returns the loss parts."""
+    def train_step(self) -> dict[str, float]:
+        """One D step (when there is a discriminator), then one G step on the batch of this step
+        (made ahead by the prefetch thread or now; the same batch either way); returns the loss parts."""
         for g in self.opt.param_groups:
             g["lr"] = learning_rate(self.cfg, self.step)
-        batch = self.prefetcher.next() if self.prefetcher else self.sampler.next(threshold)  # the same batch either way
+        batch = self.prefetcher.next() if self.prefetcher else self.sampler.next(self.threshold(self.step))
         lr5, *targets = to_tensors(batch, self.dev)
         self.model.train()
         bf16 = self.cfg.run.precision == "bf16" or (self.cfg.run.precision == "auto" and self.dev.type == "cuda")
@@ -312,8 +313,7 @@ def train(cfg: Config, data_dir: Path, out_dir: Path, resume: Path | None = None
     start, sums, n = time.monotonic(), {}, 0
     try:
         while t.step < total:
-            threshold = t.threshold(t.step)
-            parts = t.train_step(threshold)
+            parts = t.train_step()
             n += 1
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v
@@ -322,7 +322,7 @@ def train(cfg: Config, data_dir: Path, out_dir: Path, resume: Path | None = None
             out_of_time = cfg.run.max_minutes is not None and time.monotonic() - start > 60 * cfg.run.max_minutes
             if t.step % cfg.run.steps_per_epoch == 0 or t.step == total or out_of_time:
                 logged = {"step": t.step, "epoch": t.step / cfg.run.steps_per_epoch, "lr": t.opt.param_groups[0]["lr"],
-                          **{k: v / n for k, v in sums.items()}, "threshold": threshold,
+                          **{k: v / n for k, v in sums.items()}, "threshold": t.threshold(t.step - 1),
                           "seconds": round(time.monotonic() - start, 1)}
                 bar.write(validate_and_save(t, out_dir, fields, labs, meta, logged))
                 sums, n = {}, 0
