@@ -22,22 +22,23 @@ def device_name(device: str) -> str:
 
 def torch_upscaler(model) -> Upscaler:
     """Run a MultiScaleGenerator stage by stage with uint8 rounding between stages, on the
-    device its weights are on (full fp32: TF32 convolutions are turned off on CUDA)."""
+    device its weights are on, in full fp32 (TF32 convolutions off for the run on CUDA)."""
     import torch
 
     dev = next(model.parameters()).device
-    if dev.type == "cuda":
-        torch.backends.cudnn.allow_tf32 = False  # TF32 rounds inputs to 10 bits: not what the CPU computes
 
     def run(img5: np.ndarray) -> list[np.ndarray]:
-        outs = []
-        x = img5
-        with torch.no_grad():
-            for stage in model.stages:
-                t = torch.from_numpy(x.copy()).to(dev).permute(2, 0, 1)[None].float().div(255)
-                y = stage(t)[0].clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
-                outs.append(y)
-                x = y
+        outs, x = [], img5
+        tf32 = torch.backends.cudnn.allow_tf32
+        torch.backends.cudnn.allow_tf32 = False  # TF32 rounds inputs to 10 bits: not what the CPU computes
+        try:
+            with torch.no_grad():
+                for stage in model.stages:
+                    t = torch.from_numpy(x.copy()).to(dev).permute(2, 0, 1)[None].float().div(255)
+                    x = stage(t)[0].clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
+                    outs.append(x)
+        finally:
+            torch.backends.cudnn.allow_tf32 = tf32
         return outs
 
     return run
