@@ -119,11 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     ap.add_argument("--seconds", type=float, default=2.0, help="per measurement")
     a = ap.parse_args(argv)
-    if a.device == "cuda" and not torch.cuda.is_available():
+    from training.upscale import torch_device
+
+    if torch_device(a.device) is None:
         print("gpu: --device cuda, but PyTorch sees no CUDA device", file=sys.stderr)
         return 2
-    dev = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
-                       a.device if a.device != "auto" else "cpu")
+    dev = torch.device(torch_device(a.device))
     if dev.type == "cuda":
         print(f"device: {torch.cuda.get_device_name(dev)} (CUDA {torch.version.cuda}), torch {torch.__version__}; "
               f"fp32 rows run cuDNN convolutions in {'TF32' if torch.backends.cudnn.allow_tf32 else 'full fp32'}")

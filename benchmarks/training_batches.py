@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     from training.config import ConfigError, load
     from training.data import DataError, build_dataset
     from training.train import Trainer, source_specs
-    from training.upscale import device_name
+    from training.upscale import device_name, torch_device
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, required=True, help="data root of the config's sources")
@@ -57,10 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--depth", type=int, default=2, help="batches made ahead")
     a = ap.parse_args(argv)
-    if a.device == "cuda" and not torch.cuda.is_available():
+    if torch_device(a.device) is None:
         print("training_batches: --device cuda, but PyTorch sees no CUDA GPU", file=sys.stderr)
         return 2
-    dev = torch.device("cuda" if a.device == "cuda" or (a.device == "auto" and torch.cuda.is_available()) else "cpu")
+    dev = torch.device(torch_device(a.device))
     try:
         cfg = load(a.config)
         trainer = Trainer(cfg, build_dataset(*source_specs(cfg, a.data)), dev)

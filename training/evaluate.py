@@ -39,7 +39,7 @@ from tileserver.degrade import degrade
 from training.data import load_rgb, scale_levels
 from training.metrics import BANDS, SCALE_NAMES, band_power, bicubic_up, direction_bias, image_metrics, psnr
 from training.report import paired_differences, save_crops_png, tables, write_csv
-from training.upscale import Upscaler, device_name, load_upscaler
+from training.upscale import Upscaler, device_name, load_upscaler, torch_device
 
 BAND_SCALES = ["20X", "40X"]
 
@@ -157,16 +157,6 @@ def source_items(config: Path, data_root: Path) -> list[tuple[str, Path]]:
     return split_sources([SourceSpec.from_dict(d) for d in cfg.data.sources], data_root)[1]
 
 
-def checkpoint_device(choice: str) -> str | None:
-    """"cpu" or "cuda" for --device (auto: CUDA when PyTorch sees a GPU); None when CUDA is asked for and absent."""
-    import torch
-
-    has_cuda = torch.cuda.is_available()
-    if choice == "auto":
-        return "cuda" if has_cuda else "cpu"
-    return None if choice == "cuda" and not has_cuda else choice
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("models", nargs="*", type=Path, help="checkpoints .pt or bundle folders (default: the shipped model)")
@@ -198,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     if not items or absent:
         print(f"error: no evaluation images found (missing: {absent}); give --data and --sources or --images", file=sys.stderr)
         return 2
-    device = checkpoint_device(args.device)
+    device = torch_device(args.device)
     if device is None:
         print("error: --device cuda, but PyTorch sees no CUDA GPU here", file=sys.stderr)
         return 2

@@ -32,7 +32,7 @@ from tileserver.degrade import degrade
 from tileserver.files import write_atomically
 from training.metrics import SCALE_NAMES, band_power, bicubic_up, psnr, to_y
 from training.model import MultiScaleGenerator, PatchDiscriminator, VGGFeatures, VGGWeightsMissing, describe
-from training.upscale import device_name, torch_upscaler
+from training.upscale import device_name, torch_device, torch_upscaler
 
 
 def to_tensors(batch: list[np.ndarray], device: torch.device) -> list[torch.Tensor]:
@@ -283,9 +283,9 @@ def prepare_run_folder(cfg: Config, out_dir: Path, command: str, resuming: bool)
 def train(cfg: Config, data_dir: Path, out_dir: Path, resume: Path | None = None, device: str | None = None,
           command: str = "", progress: bool = True, init: Path | None = None) -> Path:
     """Train as ``cfg`` says; returns the path of the best checkpoint."""
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if dev.type == "cuda" and not torch.cuda.is_available():
+    if torch_device(device) is None:
         raise ConfigError("--device cuda, but PyTorch sees no CUDA GPU here")
+    dev = torch.device(torch_device(device))
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed crop sizes: let cuDNN time its kernels and keep the fastest
     if progress:

@@ -11,6 +11,17 @@ import numpy as np
 Upscaler = Callable[[np.ndarray], list[np.ndarray]]
 
 
+def torch_device(choice: str | None) -> str | None:
+    """"cpu" or "cuda" for a ``--device`` choice ("auto" or None: CUDA when PyTorch sees a GPU);
+    None when CUDA is asked for and absent, so the caller can refuse in one line."""
+    import torch
+
+    has_cuda = torch.cuda.is_available()
+    if choice in (None, "auto"):
+        return "cuda" if has_cuda else "cpu"
+    return None if choice == "cuda" and not has_cuda else choice
+
+
 def device_name(device: str) -> str:
     """"cuda (NVIDIA H200)" or "cpu (no CUDA GPU seen)": where PyTorch work runs, said out loud."""
     import torch
