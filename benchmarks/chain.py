@@ -4,7 +4,7 @@ the priority queue and idle prefetch (issue 14).
 - ``grid_table``: pure pixel accounting (no model run): the input pixels the model reads for one cold 40X
   tile and for cold 1920×1080 viewports at 40X, 20X and 10X, on the block grid of the main code before
   this change and on stage-aligned grids with different fans; the server's grid was chosen from it.
-  ``screen_floor``: the least a 40X screen can read with tile-sized top blocks.
+  ``screen_floor``: the least a 40X screen can read with tile-sized top blocks, and with none.
 - ``cold_ratio``: a cold 40X tile (HTTP, p50) against one last-stage block run in the same server process
   (the mean of its own ``tileserver_inference_seconds{stage="3"}``).
 - ``session``: a scripted viewer: a 1920×1080 screen at 20X, panned, a pause, then a zoom to 40X at the
@@ -70,7 +70,8 @@ def grid_table(halos: tuple[int, ...], tile: int = 254, overlap: int = 1, vw: in
     over 8 places on a large slide, so no grid is lucky with its alignment)."""
     s, m, top = g.block_stride(tile), g.block_margin(overlap), len(halos)
     old_side = [(s + 2 * m) // 2 + 2 * h for h in halos]
-    grids = {"main (tile grid)": None} | {f"fans 10X={a}, 20X={b}": Grid(s, m, halos, (a, b)) for a, b in FAN_CHOICES}
+    grids = ({"main (tile grid)": None} | {f"fans 10X={a}, 20X={b}": Grid(s, m, halos, (a, b)) for a, b in FAN_CHOICES}
+             | {"2 x 2 tiles per 40X block": Grid(2 * s, m, halos, default_fans(top))})
     rows = []
     for name, grid in grids.items():
         side = old_side if grid is None else [grid.input_side(p) for p in range(1, top + 1)]
@@ -97,11 +98,12 @@ def grid_table(halos: tuple[int, ...], tile: int = 254, overlap: int = 1, vw: in
 
 def screen_floor(halos: tuple[int, ...], tile: int = 254, overlap: int = 1, vw: int = 1920, vh: int = 1080) -> dict:
     """Bounds for a cold 40X screen on the served grid, in input pixels (thousands, averaged like
-    ``grid_table``): its top blocks alone, and those plus each lower plane computed as one window over the
-    whole screen (the least any grid with tile-sized top blocks can read)."""
+    ``grid_table``): its top blocks alone; those plus each lower plane computed as one window over the
+    whole screen (the least any grid with tile-sized top blocks can read); and every plane, the top one
+    too, as one window (the least any server can read, one that is handed the whole screen at once)."""
     s, m, top = g.block_stride(tile), g.block_margin(overlap), len(halos)
     grid = Grid(s, m, halos, default_fans(top))
-    tops = merged = 0.0
+    tops = merged = whole = 0.0
     for k in range(8):
         size = (40000, 30000)
         cx, cy = 20000 + 37 * k * 7, 15000 + 53 * k * 5
@@ -111,10 +113,11 @@ def screen_floor(halos: tuple[int, ...], tile: int = 254, overlap: int = 1, vw: 
         tops += len(blocks) * grid.input_side(top) ** 2 / 1000 / 8
         xs, ys = sorted({b[0] for b in blocks}), sorted({b[1] for b in blocks})
         side = [grid.window(top, xs[-1])[1] - grid.window(top, xs[0])[0], grid.window(top, ys[-1])[1] - grid.window(top, ys[0])[0]]
+        whole += side[0] * side[1] / 1000 / 8
         for p in range(top - 1, 0, -1):  # the window on plane p - 1 of one block covering the whole screen on plane p
             side = [a // 2 + 2 * halos[p - 1] for a in side]
             merged += side[0] * side[1] / 1000 / 8
-    return {"top_blocks": tops, "one_window_below": tops + merged}
+    return {"top_blocks": tops, "one_window_below": tops + merged, "one_window_each": whole + merged}
 
 
 def format_grid_table(rows: list[dict], last_stage_kpx: float) -> str:
@@ -295,7 +298,9 @@ def format_measure(r: dict) -> str:
     lines = [format_grid_table(r["grids"], r["last_stage_kpx"]),
              f"a 40X screen on the served grid cannot read less than its top blocks, {f['top_blocks']:.0f} "
              f"({f['top_blocks'] / old:.2f}x main), or with each lower plane as one window over the screen "
-             f"{f['one_window_below']:.0f} ({f['one_window_below'] / old:.2f}x main)",
+             f"{f['one_window_below']:.0f} ({f['one_window_below'] / old:.2f}x main)" + (
+                 f"; a server handed the whole screen at once, every plane one window: {f['one_window_each']:.0f} "
+                 f"({f['one_window_each'] / old:.2f}x main)" if "one_window_each" in f else ""),
              "measured (same run; 'this' with prefetch off):"]
     for row in r["runs"]:
         a, v = row["ratio"], row["viewport"]
