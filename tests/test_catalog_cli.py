@@ -167,3 +167,44 @@ def test_slide_ids_and_mpp_properties():
     assert read_mpp({"openslide.mpp-x": "abc"}) is None and read_mpp({}) is None
     assert magnification(0.25) == 40.0 and magnification(0.499) == 20.0 and magnification(2.0) == 5.0
     assert magnification(0.33) == pytest.approx(10 / 0.33)  # no objective within 10 %
+
+
+def test_every_slide_file_gets_an_id_of_its_own_and_clean_names_keep_theirs(tmp_path):
+    """Names that only differ in what the URL-safe form replaces are different slides: none is skipped or
+    served under another's id, files whose names are URL-safe keep their stems as ids whichever file sorts
+    first ("a b.tif" used to take "a_b"), and the ids come from the names alone."""
+    import numpy as np
+    from PIL import Image
+
+    from tileserver.raster.catalog import id_candidates
+
+    names = ["a b.tif", "a?b.tif", "a_b.tif", "切片一.tif", "切片二.tif", "切片三.tif", "a_b.png"]
+    for k, name in enumerate(names):
+        Image.fromarray(np.full((8, 8, 3), 10 * k, np.uint8)).save(tmp_path / name)
+    cat = Catalog(tmp_path, model_mpp=2.0)
+    try:
+        ids = cat.ids()
+        assert len(ids) == len(names) == len(set(ids))
+        by_name = {cat.get(sid)[0].name: sid for sid in ids}
+        assert set(by_name) == set(names)
+        assert {by_name["a_b.png"], by_name["a_b.tif"]} == {"a_b", "a_b_tif"}  # same stem: the suffix tells
+        assert by_name["a b.tif"] == id_candidates("a b.tif")[0] != by_name["a?b.tif"]
+        assert all(by_name[n].startswith("slide-") for n in names if n.startswith("切"))
+        for name, sid in by_name.items():  # each id serves its own file's pixels
+            assert cat.read(sid, 0, 0, 1, 1)[0, 0, 0] == 10 * names.index(name)
+    finally:
+        cat.close()
+    assert id_candidates("a b.tif") == id_candidates("a b.tif") and id_candidates("x.5x.tif")[0] == "x.5x"
+
+
+def test_a_file_named_like_a_slide_that_is_none_is_a_failed_slide_and_other_files_are_ignored(tmp_path):
+    """A text file renamed .svs is listed with its reason (the user put it there as a slide); a README is not."""
+    (tmp_path / "bad.svs").write_text("not a slide\n")
+    (tmp_path / "README.txt").write_text("notes\n")
+    cat = Catalog(tmp_path, model_mpp=2.0)
+    try:
+        assert cat.ids() == ["bad"]
+        health = cat.health()["bad"]
+        assert health["status"] == "failed" and "not a slide OpenSlide or Pillow can read" in health["error"]
+    finally:
+        cat.close()

@@ -3,6 +3,7 @@ their stored rasters, mpp, and the decision to synthesize or serve as scanned.""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import math
 import re
@@ -39,8 +40,25 @@ class SlideInfo:
     mtime: float  # of the file, when the catalog opened it
 
 
+# OpenSlide's own suffixes: a file named like a slide that does not open is a failed slide, not a stranger
+SLIDE_SUFFIXES = {".svs", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".dcm"}
+
+
 def slide_id(name: str) -> str:
+    """The URL-safe form of a file name's stem ("slide" when nothing is left of it)."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).stem).strip("._") or "slide"
+
+
+def id_candidates(name: str) -> list[str]:
+    """Ids for the slide file ``name``, the first one free wins. A stem that is URL-safe already is the
+    id (then, for a second file with that stem, the name with its suffix); any other name gets its safe
+    form and a hash of the whole name, so no two names share an id by what was replaced in them ("a
+    b.tif", "a?b.tif", "a_b.tif" and non-Latin names are all slides of their own) and a clean name keeps
+    its id whichever file the folder listed first. The same name gives the same ids on every replica."""
+    stem, safe = Path(name).stem, slide_id(name)
+    digest = hashlib.sha1(name.encode("utf-8", "surrogateescape")).hexdigest()
+    clean = [stem, slide_id(name.replace(".", "_"))] if safe == stem else []
+    return clean + [f"{safe}-{digest[:8]}", f"{safe}-{digest}"]
 
 
 def read_mpp(props: Mapping[str, str]) -> float | None:
@@ -142,7 +160,7 @@ class Catalog:
     # -- finding slides --------------------------------------------------------------
     def _scan(self) -> None:
         """Add the slide files of the folder that the catalog does not have yet; a file passed over (not a
-        slide, a link out of the folder, an id taken) is looked at again only when it changes."""
+        slide, a link out of the folder) is looked at again only when it changes."""
         self._scanned = time.monotonic()
         root, known = self.folder.resolve(), {e.path for e in self._slides.values()}
         try:
@@ -163,13 +181,11 @@ class Catalog:
                 log.warning("skipping %s: a link to %s, outside the slide folder (--follow-symlinks serves it)",
                             path.name, path.resolve())
                 continue
-            if open_raster(path, probe=True) is None:
-                continue
-            sid = slide_id(path.name)
-            if sid in self._slides:
-                sid = slide_id(path.name.replace(".", "_"))
-            if sid in self._slides:
-                log.warning("skipping %s: its id %r is taken by %s", path.name, sid, self._slides[sid].path.name)
+            if open_raster(path, probe=True) is None and path.suffix.lower() not in SLIDE_SUFFIXES:
+                continue  # not a slide (a note, a manifest): one named like a slide that does not open fails
+            sid = next((c for c in id_candidates(path.name) if c not in self._slides), None)
+            if sid is None:
+                log.warning("skipping %s: every id it could have is taken", path.name)
                 continue
             del self._passed[path]
             if self._serving:
@@ -189,7 +205,7 @@ class Catalog:
             entry.sig = signature(path)
             opened = open_raster(path)
             if opened is None:
-                raise ValueError("no longer a slide OpenSlide or Pillow can read")
+                raise ValueError("not a slide OpenSlide or Pillow can read")
         except Exception as e:  # any reason the file does not open is the slide's failure, never the server's
             self._failed(sid, entry, f"cannot open {path.name}: {one_line(e)}")
             return
