@@ -6,6 +6,15 @@ write a status themselves."""
 from __future__ import annotations
 
 
+ECHO_LIMIT = 120  # characters of a client's value that a reason repeats
+
+
+def echo(value: str, limit: int = ECHO_LIMIT) -> str:
+    """``repr(value)`` for a one-line reason, cut to ``limit`` characters with "…" after: a client that
+    sends a 100 kB name gets a short line back, not its name (``repr`` keeps it on one line)."""
+    return repr(value) if len(value) <= limit else f"{value[:limit]!r}…"
+
+
 class UsageError(Exception):
     """A problem with the user's input: printed as one line, exit status 2."""
 

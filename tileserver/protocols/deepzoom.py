@@ -5,6 +5,10 @@ A synthesized slide's pyramid is its virtual full image (2**planes × the stored
 size, 40X for three ×2 stages); its top levels come from the synthesized planes,
 the rest from the stored one. ``/dzi-bicubic`` is the same pyramid by
 interpolation and exists only for a synthesized slide.
+
+Tile names are strict, as a Deep Zoom client builds them: ``<level>/<col>_<row>.<fmt>`` with
+numbers in decimal without leading zeros and ``<fmt>`` the ``Format`` the .dzi declares
+(``jpeg``) or ``png``, in lower case; anything else is a 400 saying so.
 """
 from __future__ import annotations
 
@@ -12,13 +16,16 @@ import dataclasses
 import re
 from xml.sax.saxutils import quoteattr
 
-from tileserver.errors import NotFound, RequestError
+from tileserver.errors import NotFound, RequestError, echo
+from tileserver.protocols.common import check_view
 from tileserver.raster import geometry as g
 from tileserver.raster.catalog import SlideInfo
 
-FORMATS = ("jpeg", "jpg", "png")
-_INT = re.compile(r"0|[1-9][0-9]{0,8}")
-_TILE = re.compile(r"([0-9]{1,9})_([0-9]{1,9})\.([A-Za-z]{1,5})")
+FORMATS = ("jpeg", "png")  # exactly as requested: the .dzi's Format, and png
+_NUMBER = r"0|[1-9][0-9]{0,8}"  # no sign, no leading zeros, at most 9 digits
+_INT = re.compile(_NUMBER)
+_TILE = re.compile(rf"({_NUMBER})_({_NUMBER})\.([A-Za-z0-9]{{1,5}})")
+PLAIN = "in decimal, without leading zeros"  # how a level, column and row are written
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,9 +75,8 @@ def pyramid_for(stored: g.Size, synthesized: int, tile_size: int, overlap: int) 
 
 def view(info: SlideInfo, planes_above: int, mode: str, tile_size: int, overlap: int) -> Pyramid:
     """The pyramid of one view (``mode``) of a slide with ``planes_above`` synthesized planes;
-    a slide served as scanned has no bicubic view."""
-    if mode == "bicubic" and not planes_above:
-        raise NotFound(f"slide {info.id!r} is served as scanned ({info.reason}); it has no bicubic view")
+    a slide served as scanned has no bicubic view (``common.check_view``)."""
+    check_view(info, planes_above, mode)
     return pyramid_for(info.size, planes_above, tile_size, overlap)
 
 
@@ -85,7 +91,7 @@ def dzi_xml(p: Pyramid, fmt: str = "jpeg") -> str:
 def parse_dzi_name(name: str) -> str:
     """``<slide>.dzi`` → slide id."""
     if not name.endswith(".dzi") or len(name) <= 4:
-        raise NotFound(f"not a .dzi name: {name!r}")
+        raise NotFound(f"not a .dzi name: {echo(name)}")
     return name[:-4]
 
 
@@ -93,13 +99,12 @@ def parse_tile(slide_files: str, level: str, tile: str, mode: str = "sr") -> Til
     """``<slide>_files``, ``<level>``, ``<col>_<row>.<fmt>`` → TileRequest (RequestError, NotFound);
     the tile service checks ``mode``."""
     if not slide_files.endswith("_files") or len(slide_files) <= 6:
-        raise NotFound(f"not a Deep Zoom tile folder: {slide_files!r}")
+        raise NotFound(f"not a Deep Zoom tile folder: {echo(slide_files)}")
     if not _INT.fullmatch(level):
-        raise RequestError(f"malformed level {level!r}")
+        raise RequestError(f"malformed level {echo(level)} (want a number {PLAIN})")
     m = _TILE.fullmatch(tile)
     if not m:
-        raise RequestError(f"malformed tile name {tile!r} (want COL_ROW.jpeg or .png)")
-    fmt = m.group(3).lower()
-    if fmt not in FORMATS:
-        raise RequestError(f"unsupported tile format {m.group(3)!r} (jpeg or png)")
-    return TileRequest(slide_files[:-6], mode, int(level), int(m.group(1)), int(m.group(2)), "jpeg" if fmt == "jpg" else fmt)
+        raise RequestError(f"malformed tile name {echo(tile)} (want COL_ROW.jpeg or COL_ROW.png, numbers {PLAIN})")
+    if m.group(3) not in FORMATS:
+        raise RequestError(f"unsupported tile format {echo(m.group(3))} (jpeg or png, in lower case)")
+    return TileRequest(slide_files[:-6], mode, int(level), int(m.group(1)), int(m.group(2)), m.group(3))

@@ -16,7 +16,7 @@ import math
 import re
 from decimal import ROUND_HALF_UP, Decimal
 
-from tileserver.errors import RequestError
+from tileserver.errors import RequestError, echo
 
 VERSIONS = ("2", "3")
 QUALITIES = ("default", "color", "gray", "bitonal")
@@ -116,13 +116,18 @@ class Limits:
     max_height: int
     max_area: int
 
-    def check(self, w: int, h: int) -> None:
-        """400 over the limits, naming the largest size allowed at this aspect ratio (what ``max`` gives)."""
+    def check(self, w: int, h: int, region: tuple[int, int] | None = None, version: str = "3") -> None:
+        """400 over the limits, naming the largest size allowed at this aspect ratio and sizes of this
+        ``version`` that give it for a ``region`` (width, height): with ``^`` in 3.0 when they upscale it."""
         if w > self.max_width or h > self.max_height or w * h > self.max_area:
             fw, fh = self.fit(w, h)
+            if region is None or (fw <= region[0] and fh <= region[1]):
+                hint = f"{fw},{fh} or max"
+            else:  # upscaling: 3.0 says so with ^; 2.1's max and full never upscale
+                hint = f"^{fw},{fh} or ^max" if version == "3" else f"{fw},{fh}"
             raise IIIFError(400, f"{w}x{h} exceeds the limits (maxWidth {self.max_width}, maxHeight "
                                  f"{self.max_height}, maxArea {self.max_area}); the largest allowed at this "
-                                 f"aspect ratio is {fw}x{fh} (size {fw},{fh} or max)", "size")
+                                 f"aspect ratio is {fw}x{fh} (size {hint})", "size")
 
     def fit(self, w: int, h: int) -> tuple[int, int]:
         """The largest size with the aspect ratio of w×h (rounded) within the limits, up or down."""
@@ -137,7 +142,7 @@ class Limits:
 # -- parse ---------------------------------------------------------------------
 def _version(version: str) -> str:
     if version not in VERSIONS:
-        raise IIIFError(404, f"unknown IIIF Image API version {version!r}")
+        raise IIIFError(404, f"unknown IIIF Image API version {echo(version)}")
     return version
 
 
@@ -146,11 +151,11 @@ def parse_region(text: str) -> RegionSpec:
         return RegionSpec(text)
     m = _REGION_PX.fullmatch(text) or _REGION_PCT.fullmatch(text)
     if not m:
-        raise IIIFError(400, f"malformed region {text!r} (full, square, x,y,w,h or pct:x,y,w,h)", "region")
+        raise IIIFError(400, f"malformed region {echo(text)} (full, square, x,y,w,h or pct:x,y,w,h)", "region")
     kind = "pct" if text.startswith("pct:") else "px"
     values = tuple(Decimal(g) for g in m.groups())
     if kind == "pct" and any(v > 100 for v in values):
-        raise IIIFError(400, f"percentages above 100 in {text!r}", "region")
+        raise IIIFError(400, f"percentages above 100 in {echo(text)}", "region")
     return RegionSpec(kind, values)
 
 
@@ -172,25 +177,25 @@ def parse_size(text: str, version: str) -> SizeSpec:
         return SizeSpec(kind, int(w) if w else None, int(h) if h else None, upscale=upscale)
     forms = "max, w,, ,h, w,h, !w,h, pct:n (each with ^ to allow upscaling)" if version == "3" else \
         "full, max, w,, ,h, w,h, !w,h, pct:n"
-    raise IIIFError(400, f"malformed size {text!r} ({forms})", "size")
+    raise IIIFError(400, f"malformed size {echo(text)} ({forms})", "size")
 
 
 def parse_rotation(text: str) -> RotationSpec:
     m = _ROTATION.fullmatch(text)
     if not m or Decimal(m.group(2)) > 360:
-        raise IIIFError(400, f"malformed rotation {text!r} (0 to 360, ! to mirror)", "rotation")
+        raise IIIFError(400, f"malformed rotation {echo(text)} (0 to 360, ! to mirror)", "rotation")
     return RotationSpec(Decimal(m.group(2)), bool(m.group(1)))
 
 
 def parse_quality_format(text: str, defer_unimplemented: bool = False) -> tuple[str, str]:
     m = _QF.fullmatch(text)
     if not m:
-        raise IIIFError(400, f"malformed quality.format {text!r}", "quality")
+        raise IIIFError(400, f"malformed quality.format {echo(text)}", "quality")
     quality, fmt = m.group(1), m.group(2)
     if quality not in QUALITIES:
-        raise IIIFError(400, f"unknown quality {quality!r} ({', '.join(QUALITIES)})", "quality")
+        raise IIIFError(400, f"unknown quality {echo(quality)} ({', '.join(QUALITIES)})", "quality")
     if fmt not in KNOWN_FORMATS:
-        raise IIIFError(400, f"unknown format {fmt!r} ({', '.join(FORMATS)})", "format")
+        raise IIIFError(400, f"unknown format {echo(fmt)} ({', '.join(FORMATS)})", "format")
     if not defer_unimplemented:
         check_implemented(fmt)
     return quality, fmt
@@ -306,7 +311,7 @@ def resolve_size(size: SizeSpec, version: str, rw: int, rh: int, limits: Limits)
     if not up and (w > rw or h > rh):
         raise IIIFError(400, f"size {size} ({w}x{h}) would upscale the {rw}x{rh} region; "
                              f"IIIF 3.0 needs ^ for that (^{size})", "size")
-    limits.check(w, h)
+    limits.check(w, h, (rw, rh), version)
     return w, h
 
 

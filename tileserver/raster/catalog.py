@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from tileserver.errors import NotFound, Unavailable
+from tileserver.errors import NotFound, Unavailable, echo
 from tileserver.ingest.provenance import read_provenance
 from tileserver.raster.stored import StoredRaster, open_raster
 
@@ -277,7 +277,7 @@ class Catalog:
         with self._lock:
             found = self.get(sid)
             if found is None:
-                raise NotFound(f"slide {sid!r} is gone")
+                raise NotFound(f"slide {echo(sid)} is gone")
             bad = self._slides[sid].bad_regions.get(region)
             if bad and time.monotonic() < bad.retry_at:
                 raise unavailable(sid, bad)

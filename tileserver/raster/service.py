@@ -22,7 +22,7 @@ from typing import Callable, Hashable
 import numpy as np
 from PIL import Image
 
-from tileserver.errors import NotFound, OverBudget, Unavailable
+from tileserver.errors import NotFound, OverBudget, Unavailable, echo
 from tileserver.inference import Bundle, Engine, load_bundle
 from tileserver.inference.engine import StageTimer
 from tileserver.inference.modes import BICUBIC, Mode, model_modes
@@ -126,7 +126,7 @@ class TileService:
         """The mode a URL names: ``"sr"`` (the default model), a model's name, or ``"bicubic"``."""
         found = self.modes.get(self.bundle.name if key == DEFAULT_MODE else key)
         if found is None:
-            raise NotFound(f"no mode {key!r} (modes: {', '.join(self.modes)})")
+            raise NotFound(f"no mode {echo(key)} (modes: {', '.join(self.modes)})")
         return found
 
     @property
@@ -189,7 +189,7 @@ class TileService:
     def slide(self, sid: str) -> SlideInfo:
         info = self.find(sid)
         if info is None:
-            raise NotFound(f"no slide {sid!r}")
+            raise NotFound(f"no slide {echo(sid)}")
         return info
 
     def reference_of(self, info: SlideInfo) -> SlideInfo | None:
@@ -205,7 +205,7 @@ class TileService:
         info = self.slide(sid)
         raster = self.catalog.get(sid)[1]
         if name not in raster.associated_names:
-            raise NotFound(f"slide {sid!r} has no associated image {name!r} (it has: "
+            raise NotFound(f"slide {echo(sid)} has no associated image {echo(name)} (it has: "
                            f"{', '.join(raster.associated_names) or 'none'})")
         key = (info.stamp, "associated", name, self.settings.jpeg_quality)
         body = self.tiles.get(key)
@@ -225,7 +225,7 @@ class TileService:
         info = self.slide(sid)
         m = self.mode(mode)
         if not 0 <= plane <= self.planes_above(info):
-            raise NotFound(f"no {mode} plane {plane} of slide {sid!r}")
+            raise NotFound(f"no {echo(mode)} plane {plane} of slide {echo(sid)}")
         kind = "stored" if plane == 0 else "bicubic" if m.key == BICUBIC else "synthesized"
         model = None if kind == "stored" else m.model_id
         s = self.settings

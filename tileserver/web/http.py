@@ -1,8 +1,11 @@
 """The one place that turns values and domain errors into HTTP: one-line text
-errors with their status, conditional responses (ETag, Last-Modified, 304,
-Cache-Control), CORS. The blueprints use nothing else to answer."""
+errors with their status (and the headers HTTP asks for, such as a 405's Allow),
+conditional responses (ETag, Last-Modified, 304, Cache-Control), CORS with its
+preflight for every resource, the public root URL (a malformed Host: 400). The
+blueprints use nothing else to answer."""
 from __future__ import annotations
 
+import re
 from contextlib import ExitStack
 from datetime import datetime
 from email.utils import format_datetime
@@ -11,7 +14,7 @@ from typing import Callable
 from flask import Flask, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
-from tileserver.errors import Busy, RequestError
+from tileserver.errors import Busy, RequestError, echo
 from tileserver.inference import QueueFull
 from tileserver.inference.queue import INTERACTIVE, Cancelled, Demand, demand_scope
 from tileserver.raster.prefetch import viewer_scope
@@ -28,8 +31,11 @@ def metrics() -> Metrics:
 
 
 def pull_mode(endpoint: str | None, values: dict | None) -> None:
-    """A blueprint's URL value preprocessor: ``/m/<mode>/…`` names the mode of the request."""
-    g.msr_mode = values.pop("mode", None) if values else None
+    """A blueprint's URL value preprocessor: ``/m/<mode>/…`` names the mode of the request (404 at once,
+    for every route under it, when no mode has that name)."""
+    key = g.msr_mode = values.pop("mode", None) if values else None
+    if key is not None:
+        service().mode(key)
 
 
 def mode_key() -> str | None:
@@ -41,9 +47,14 @@ def mode_or_default() -> str:
     return mode_key() or DEFAULT_MODE
 
 
+MAX_REASON = 1000  # characters: a reason built below this layer is cut there (its own parts are echoed short)
+
+
 def text(reason: str, status: int, **headers: str) -> Response:
-    """A one-line plain-text answer (errors)."""
-    return Response(reason.splitlines()[0] + "\n", status=status, mimetype="text/plain", headers=headers)
+    """A one-line plain-text answer (errors), at most ``MAX_REASON`` characters and "…"."""
+    line = (reason.splitlines() or [""])[0]
+    line = line if len(line) <= MAX_REASON else line[:MAX_REASON] + "…"
+    return Response(line + "\n", status=status, mimetype="text/plain", headers=headers)
 
 
 def not_modified(etag: str, modified: datetime | None = None) -> bool:
@@ -64,16 +75,37 @@ def hostname(host: str) -> str:
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
-def public_root() -> tuple[str, bool]:
+_HOST = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::([0-9]{1,5}))?")  # name or address, port
+
+
+def valid_host(host: str) -> bool:
+    """Whether ``host`` (``name[:port]``, ``[v6][:port]``) can be put in a URL: no other characters, port 1-65535."""
+    m = _HOST.fullmatch(host)
+    return bool(m) and (m.group(1) is None or 1 <= int(m.group(1)) <= 65535)
+
+
+def public_root(absolute: bool = True) -> tuple[str, bool]:
     """``scheme://host`` of this request as the public reaches it, and whether a shared cache may keep
     a document built on it: with ``--trust-proxy`` from X-Forwarded-Proto/-Host; otherwise from the
-    Host header, trusted only when its name is one of ``--trusted-hosts``."""
+    Host header, trusted only when its name is one of ``--trusted-hosts``. A malformed host (werkzeug
+    leaves ``request.host`` empty for one; a bad port or characters) or scheme is never trusted and, when
+    an ``absolute`` URL is needed, a 400 naming it: no URL can be built on it. Else the root is ""."""
     s = service().settings
+    proto, host, header = request.scheme, request.host, "Host"
     if s.trust_proxy:
-        proto = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip() or request.scheme
-        host = request.headers.get("X-Forwarded-Host", "").split(",")[0].strip() or request.host
-        return f"{proto}://{host}", True
-    return f"{request.scheme}://{request.host}", hostname(request.host) in s.trusted_hosts
+        proto = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower() or proto
+        forwarded = request.headers.get("X-Forwarded-Host", "").split(",")[0].strip()
+        host, header = (forwarded, "X-Forwarded-Host") if forwarded else (host, header)
+    if proto not in ("http", "https"):
+        header, value = "X-Forwarded-Proto", proto
+    elif not valid_host(host):
+        value = request.headers.get(header, "")
+    else:
+        return f"{proto}://{host}", s.trust_proxy or hostname(host) in s.trusted_hosts
+    if absolute:
+        raise RequestError(f"malformed {header} header {echo(value)}: no absolute URL can be built on it (want "
+                           f"a host name or address and a port 1-65535; or start the server with --base-url)")
+    return "", False
 
 
 def head_only(headers: dict[str, str], mimetype: str) -> Response:
@@ -118,13 +150,22 @@ def install(app: Flask) -> None:
         return text(e.reason, 503, **{"Retry-After": str(int(max(1, e.retry_after)))})
 
     @app.errorhandler(HTTPException)
-    def http_error(e: HTTPException):
-        return text(f"{e.code} {e.name}: {e.description}", e.code or 500)
+    def http_error(e: HTTPException):  # with the exception's own headers (a 405's Allow), in plain text
+        headers = {k: v for k, v in e.get_headers() if k.lower() != "content-type"}
+        return text(f"{e.code} {e.name}: {e.description}", e.code or 500, **headers)
 
     @app.after_request
     def cors(resp: Response) -> Response:
+        """Every answer readable from any origin; a preflight (OPTIONS on a resource: Flask's answer
+        carries its Allow) gets the methods, the headers asked for and how long to keep them."""
         resp.headers.setdefault("Access-Control-Allow-Origin", "*")
         resp.headers.setdefault("Access-Control-Expose-Headers", EXPOSE)
+        if request.method == "OPTIONS" and "Allow" in resp.headers:
+            resp.headers["Access-Control-Allow-Methods"] = resp.headers["Allow"]
+            asked = request.headers.get("Access-Control-Request-Headers")
+            if asked:
+                resp.headers["Access-Control-Allow-Headers"] = asked
+            resp.headers["Access-Control-Max-Age"] = "86400"
         return resp
 
 

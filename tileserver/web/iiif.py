@@ -7,6 +7,7 @@ Flow per image request: identifier → slide (404) → ``iiif.parse_request``
 → ``iiif.read_plan`` (scale factor) → the tile service locates the pixels (ETag;
 304) → the shared encoded-tile cache, else the synthesis budget (403, before any
 pixel is read) → the planes Deep Zoom reads → ``iiif_render.transform`` → encode.
+HEAD takes the same steps and stops before the pixels: the same status and headers.
 """
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from datetime import datetime, timezone
 
 from flask import Blueprint, Response, jsonify, redirect, request
 
-from tileserver.errors import OverBudget
+from tileserver.errors import OverBudget, echo
 from tileserver.protocols import iiif
+from tileserver.protocols.common import check_view
 from tileserver.inference.modes import licence_uri
 from tileserver.protocols.iiif_info import CONTEXT, PROFILE, SR_CONTEXT, ImageDescription, info_json, manifest, \
     physdim_service, sr_service, synthesis_profile, tile_exponent_limit
@@ -25,8 +27,8 @@ from tileserver.protocols.iiif_render import transform
 from tileserver.raster import geometry as g
 from tileserver.raster.catalog import SlideInfo, magnification
 from tileserver.raster.service import Tile, TileRef, TileService
-from tileserver.web.http import (EXPOSE, conditional, head_only, metrics, mode_key, mode_or_default, public_root,
-                                 pull_mode, service)
+from tileserver.web.http import (conditional, head_only, metrics, mode_key, mode_or_default, public_root, pull_mode,
+                                 service)
 V = "<any('2','3'):version>"
 
 bp = Blueprint("iiif", __name__)
@@ -45,7 +47,7 @@ def iiif_root(relative_if_untrusted: bool = False) -> str:
     base_url = service().settings.base_url
     if base_url:
         return base_url.rstrip("/")
-    root, trusted = public_root()
+    root, trusted = public_root(absolute=not relative_if_untrusted)
     return f"{root if trusted or not relative_if_untrusted else ''}/iiif"
 
 
@@ -60,17 +62,20 @@ def service_base(version: str, mode: str | None = "", relative_if_untrusted: boo
 
 def base_trusted() -> bool:
     """Whether absolute URLs in this request's documents may be cached by anyone."""
-    return bool(service().settings.base_url) or public_root()[1]
+    return bool(service().settings.base_url) or public_root(absolute=False)[1]
 
 
 def lookup(ident: str) -> SlideInfo:
-    """The catalog's slide for a (decoded) identifier. Nothing but an exact catalog id gets through:
+    """The catalog's slide for a (decoded) identifier, in a view it has (a slide served as scanned has no
+    bicubic image service, as no bicubic pyramid). Nothing but an exact catalog id gets through:
     ``..``, slashes, backslashes, null bytes and absolute paths never reach the filesystem."""
-    if not ident or ident.startswith(".") or any(c in ident for c in "/\\\x00") or not ident.isprintable():
-        raise iiif.IIIFError(404, f"unknown identifier {ident!r}", "identifier")
-    info = service().find(ident)
+    svc = service()
+    info = None
+    if ident and not ident.startswith(".") and not any(c in ident for c in "/\\\x00") and ident.isprintable():
+        info = svc.find(ident)
     if info is None:
-        raise iiif.IIIFError(404, f"unknown identifier {ident!r}", "identifier")
+        raise iiif.IIIFError(404, f"unknown identifier {echo(ident)}", "identifier")
+    check_view(info, svc.planes_above(info), svc.mode(mode_or_default()).key)
     return info
 
 
@@ -115,20 +120,7 @@ def json_response(doc: dict, context: str, modified: datetime, profile: str | No
                        max_age=service().settings.max_age, modified=modified, headers=headers, public=base_trusted())
 
 
-# -- routes --------------------------------------------------------------------
-@bp.after_request
-def cors(resp: Response) -> Response:
-    resp.headers["Access-Control-Allow-Origin"] = "*"
-    resp.headers["Access-Control-Expose-Headers"] = EXPOSE
-    if request.method == "OPTIONS":
-        resp.headers["Access-Control-Allow-Methods"] = "GET, HEAD, OPTIONS"
-        asked = request.headers.get("Access-Control-Request-Headers")
-        if asked:
-            resp.headers["Access-Control-Allow-Headers"] = asked
-        resp.headers["Access-Control-Max-Age"] = "86400"
-    return resp
-
-
+# -- routes (CORS and its preflight: web.http, for every resource) ----------------
 @bp.get(f"/iiif/{V}/<ident>")
 @bp.get(f"/iiif/{V}/<ident>/")
 def base_uri(version: str, ident: str):
@@ -163,7 +155,7 @@ def physdim(version: str, ident: str):
     svc, slide = service(), lookup(ident)
     doc = physdim_service(image_description(svc, slide), f"{service_base(version)}/{ident}/physdim", version)
     if doc is None:
-        raise iiif.IIIFError(404, f"slide {ident!r} has no pixel size (mpp)", "identifier")
+        raise iiif.IIIFError(404, f"slide {echo(ident)} has no pixel size (mpp)", "identifier")
     return json_response(doc, doc["@context"], last_modified(svc, slide, False), ld_default=version == "3")
 
 
@@ -200,7 +192,9 @@ def image(version: str, ident: str, region: str, size: str, rotation: str, quali
                **({"X-SR-Model": ref.model, "X-SR-Mode": svc.mode(ref.mode).kind} if ref.model else {})}
 
     def make() -> Response:
-        if request.method == "HEAD" and not svc.cached(ref):
+        if request.method == "HEAD" and not svc.cached(ref):  # GET's checks, without its pixels
+            if svc.missing_blocks(ref, svc.settings.synthesis_budget) > svc.settings.synthesis_budget:
+                raise over_budget(req, plan, d)
             return head_only({}, iiif.FORMATS[req.format])
         t = render(svc, ref, req, res, plan, d, work)
         metrics().iiif_images.labels(version=version, source=t.kind).inc()
@@ -224,13 +218,17 @@ def priced(req: iiif.ImageRequest, res: iiif.Resolved, plan: iiif.ReadPlan) -> i
 def render(svc: TileService, ref: TileRef, req: iiif.ImageRequest, res: iiif.Resolved, plan: iiif.ReadPlan,
            d: ImageDescription, work: int) -> Tile:
     """The encoded image, from the shared cache or made within the synthesis budget."""
-    budget = svc.settings.synthesis_budget
     try:
-        return svc.tile(ref, lambda pixels: transform(pixels, plan, res), budget, work)
+        return svc.tile(ref, lambda pixels: transform(pixels, plan, res), svc.settings.synthesis_budget, work)
     except OverBudget:
-        metrics().iiif_refused.inc()
-        raise iiif.IIIFError(
-            403, f"{req.region}/{req.size} at scale factor {2**plan.k} needs more than {budget} synthesized "
-                 f"blocks that are not cached (the per-request synthesis budget); ask for fewer pixels: the tiles "
-                 f"in info.json, a smaller region, or a size that reads scale factor {2**d.planes_above} "
-                 f"(the stored scan) or coarser", "size") from None
+        raise over_budget(req, plan, d) from None
+
+
+def over_budget(req: iiif.ImageRequest, plan: iiif.ReadPlan, d: ImageDescription) -> iiif.IIIFError:
+    """The 403 of a request that would synthesize more uncached blocks than the budget (counted)."""
+    metrics().iiif_refused.inc()
+    return iiif.IIIFError(
+        403, f"{req.region}/{req.size} at scale factor {2**plan.k} needs more than "
+             f"{service().settings.synthesis_budget} synthesized blocks that are not cached (the per-request "
+             f"synthesis budget); ask for fewer pixels: the tiles in info.json, a smaller region, or a size that "
+             f"reads scale factor {2**d.planes_above} (the stored scan) or coarser", "size")
