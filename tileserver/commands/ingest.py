@@ -2,7 +2,8 @@
 
 Each source is told in one line (its summary, or why it failed); the batch goes
 on past a failure and ends with exit status 2 if any failed. An output folder
-that cannot be written ends the command before any source is read.
+that cannot be written, or a target no stored slide may have, ends the command
+before any source is read.
 """
 from __future__ import annotations
 
@@ -10,40 +11,55 @@ import argparse
 import math
 import os
 import sys
-import tempfile
 from pathlib import Path
+from typing import Callable
 
 from tileserver.errors import UsageError
-from tileserver.ingest.pipeline import IngestError, IngestOptions, IngestResult, ingest_slide, magnification_label, \
-    output_path
+from tileserver.files import folder_problem
+from tileserver.ingest.pipeline import MAX_FACTOR, MAX_TARGET_MPP, MIN_STORED_SIDE, IngestError, IngestOptions, \
+    IngestResult, ingest_slide, magnification_label, output_path, target_problem
+from tileserver.settings import out_of_range
+
+MAX_WORKERS = 64
 
 
-def _positive(text: str) -> float:
-    value = float(text)
-    if not value > 0 or not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
-    return value
+def ranged(cast: Callable[[str], float], low: float, high: float = math.inf, *,
+           above: bool = False) -> Callable[[str], float]:
+    """An argparse ``type``: ``cast`` the text, then refuse a value outside ``low``..``high`` (over ``low`` with
+    ``above``) with the range, as `tileserver serve` says it."""
+    def parse(text: str) -> float:
+        value = cast(text)
+        wrong = out_of_range(value, low, high, integer=cast is int, above=above)
+        if wrong:
+            raise argparse.ArgumentTypeError(wrong)
+        return value
+
+    parse.__name__ = cast.__name__  # argparse names it in "invalid float value: 'x'"
+    return parse
 
 
-def _quality(text: str) -> int:
-    value = int(text)
-    if not 1 <= value <= 100:
-        raise argparse.ArgumentTypeError(f"must be 1..100, not {text}")
-    return value
+_positive = ranged(float, 0, above=True)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("sources", nargs="+", type=Path, metavar="SRC", help="whole-slide images (any format OpenSlide reads)")
     p.add_argument("-o", "--out-dir", required=True, type=Path, help="folder for the stored slides")
     target = p.add_mutually_exclusive_group()
-    target.add_argument("--magnification", type=_positive, default=5.0, help="target magnification (default 5: 2.0 µm/px)")
-    target.add_argument("--target-mpp", type=_positive, help="target µm per pixel, instead of --magnification")
-    p.add_argument("--quality", type=_quality, default=90, help="JPEG quality of the stored tiles (default 90)")
+    target.add_argument("--magnification", type=_positive, default=5.0,
+                        help=f"target magnification, {10 / MAX_TARGET_MPP:g}X or more (default 5: 2.0 µm/px)")
+    target.add_argument("--target-mpp", type=_positive,
+                        help=f"target µm per pixel, at most {MAX_TARGET_MPP:g}, instead of --magnification")
+    p.add_argument("--quality", type=ranged(int, 1, 100), default=90,
+                   help="JPEG quality of the stored tiles (1..100, default 90)")
     p.add_argument("--source-mpp", type=_positive, help="µm per pixel of the source, for slides that lack it or get it wrong")
     p.add_argument("--force", action="store_true", help="redo slides that are already up to date, replace others")
     workers = min(4, os.cpu_count() or 1)
-    p.add_argument("--workers", type=int, default=workers, help=f"threads reading and degrading (default {workers})")
+    p.add_argument("--workers", type=ranged(int, 1, MAX_WORKERS), default=workers,
+                   help=f"threads reading and degrading (1..{MAX_WORKERS}, default {workers})")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.epilog = (f"The factor from source to target is a power of two from 2 to {MAX_FACTOR}; a stored slide "
+                f"is {10 / MAX_TARGET_MPP:g}X ({MAX_TARGET_MPP:g} µm/px) or finer and at least {MIN_STORED_SIDE} px "
+                "a side.")
     p.set_defaults(func=run)
 
 
@@ -65,29 +81,35 @@ def summary_line(r: IngestResult, target_mpp: float) -> str:
 
 def check_out_dir(out_dir: Path) -> None:
     """The output folder exists (made if need be) and takes a file; else a UsageError that names it."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UsageError(f"{out_dir} is not a folder")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out_dir):
-            pass
-    except OSError as e:
-        raise UsageError(f"cannot write to the output folder {out_dir}: {e.strerror or e}") from None
+    problem = folder_problem(out_dir)
+    if problem:
+        raise UsageError(f"cannot write to the output folder {out_dir}: {problem}")
+
+
+def target_from(args: argparse.Namespace) -> float:
+    """The target in µm/px, from --target-mpp or --magnification; a UsageError naming the option when no
+    stored slide may be that coarse."""
+    flag, value = ("--target-mpp", args.target_mpp) if args.target_mpp else ("--magnification", args.magnification)
+    mpp = args.target_mpp or 10.0 / args.magnification
+    problem = target_problem(mpp)
+    if problem:
+        raise UsageError(f"{flag} {value:g}: {problem}")
+    return mpp
 
 
 def run(args: argparse.Namespace) -> int:
     opts = IngestOptions(
-        target_mpp=args.target_mpp or 10.0 / args.magnification, quality=args.quality, source_mpp=args.source_mpp,
-        force=args.force, workers=max(1, args.workers), progress=args.progress and sys.stderr.isatty(),
+        target_mpp=target_from(args), quality=args.quality, source_mpp=args.source_mpp,
+        force=args.force, workers=args.workers, progress=args.progress and sys.stderr.isatty(),
     )
     check_out_dir(args.out_dir)
     failed, seen = 0, {}
     for src in args.sources:
-        out = output_path(src, args.out_dir, opts.target_mpp)
-        try:
-            if out in seen:
-                raise IngestError(f"same output name {out.name} as {seen[out]} in this batch; rename one")
-            seen[out] = src
+        try:  # the output name is the stem and the target's label: a stem seen before would replace that output
+            if src.stem in seen:
+                name = output_path(src, args.out_dir, opts.target_mpp).name
+                raise IngestError(f"same output name {name} as {seen[src.stem]} in this batch; rename one")
+            seen[src.stem] = src
             print(summary_line(ingest_slide(src, args.out_dir, opts), opts.target_mpp), flush=True)
         except (IngestError, OSError) as e:
             failed += 1

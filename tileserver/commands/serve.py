@@ -12,7 +12,7 @@ import logging
 import socket
 
 from tileserver.errors import UsageError
-from tileserver.settings import Settings, cli_fields
+from tileserver.settings import Settings, cli_fields, flag_of
 
 log = logging.getLogger("tileserver")
 
@@ -28,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         elif isinstance(f.default, bool):
             target.add_argument("--" + f.name.replace("_", "-"), dest=f.name, action="store_true", help=meta["help"])
         else:
-            flag = meta["flag"] or "--" + f.name.replace("_", "-")
+            flag = flag_of(f)
             shown = f" (default: {','.join(f.default)})" if isinstance(f.default, tuple) else shown
             target.add_argument(flag, dest=f.name, type=meta["cast"], default=f.default, choices=meta["choices"],
                                 action="append" if meta["many"] else "store",
@@ -46,8 +46,12 @@ def settings_from(args: argparse.Namespace) -> Settings:
         s = Settings(**values, warm_up=True)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    if not s.slide_dir.is_dir():
-        raise UsageError(f"slide folder {s.slide_dir} does not exist")
+    folder = s.slide_dir
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"slide folder {folder} is a file, not a folder: serve the folder that holds it "
+                         f"({folder.parent}), or make a stored slide of it with `tileserver ingest {folder} -o DIR`")
+    if not folder.is_dir():
+        raise UsageError(f"slide folder {folder} does not exist")
     return s
 
 

