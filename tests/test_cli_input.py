@@ -173,6 +173,7 @@ def test_demo_cache_folder_that_is_a_file_is_one_line(where, words, tmp_path, ca
     ("--base-url", "notaurl", "--base-url must be an absolute http(s)://HOST/PATH URL without query or fragment, "
                               "not 'notaurl'"),
     ("--base-url", "ftp://host/iiif", "--base-url must be an absolute"),
+    ("--rights", "CC-BY", "--rights must be an absolute http(s) URI"),
     ("--base-url", "https://", "--base-url must be an absolute"),
     ("--base-url", "/iiif", "--base-url must be an absolute"),
     ("--base-url", "https://host/iiif?x=1", "--base-url must be an absolute"),

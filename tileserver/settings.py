@@ -156,7 +156,9 @@ class Settings:
             (2 * self.heavy_renders + self.model_requests < self.http_threads,
              "twice --heavy-renders plus --model-requests must stay below --http-threads (threads for cache hits)"),
         ]
-        urls = [self.redis and check_redis_url(self.redis), self.base_url and check_base_url(self.base_url)]
+        urls = [self.redis and check_redis_url(self.redis), self.base_url and check_base_url(self.base_url),
+                self.rights and url_problem("--rights", self.rights, ("http", "https"),
+                                            "an absolute http(s) URI (IIIF: Creative Commons or RightsStatements.org)")]
         return next((message for ok, message in checks if not ok), None) or next(filter(None, urls), None)
 
 
