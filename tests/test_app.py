@@ -174,3 +174,29 @@ def test_full_queue_answers_503(bundle, slide_dir, url):
     finally:
         gate.set()
         svc.close()
+
+
+def test_a_slide_whose_file_name_is_not_utf8_is_served(bundle, he5, tmp_path):
+    """A name Linux allows but UTF-8 does not (bytes 0xff 0xfe) used to give 500 on every tile: its ETag
+    was built from the name. Now its tiles, IIIF images and API answer like any other slide's."""
+    import os
+
+    from conftest import write_tiff
+    from tileserver.settings import Settings
+    from tileserver.web.app import create_app
+
+    write_tiff(tmp_path / os.fsdecode(b"\xff\xfe.tif"), he5, 2.0)
+    app = create_app(Settings(slide_dir=tmp_path, model=bundle, device="cpu"))
+    try:
+        c = app.test_client()
+        (slide,) = c.get("/api/slides").json["slides"]
+        sid = slide["id"]
+        assert sid.startswith("slide~")
+        top = pyramid(app.extensions["tileserver"], sid).top
+        for url in (f"/dzi/{sid}_files/{top}/0_0.jpeg", f"/iiif/3/{sid}/0,0,64,64/64,/0/default.jpg",
+                    f"/api/slides/{sid}"):
+            r = c.get(url)
+            assert r.status_code == 200, (url, r.data[:200])
+        assert c.head(f"/dzi/{sid}_files/{top}/1_0.jpeg").status_code == 200
+    finally:
+        app.extensions["tileserver"].close()

@@ -169,32 +169,60 @@ def test_slide_ids_and_mpp_properties():
     assert magnification(0.33) == pytest.approx(10 / 0.33)  # no objective within 10 %
 
 
-def test_every_slide_file_gets_an_id_of_its_own_and_clean_names_keep_theirs(tmp_path):
-    """Names that only differ in what the URL-safe form replaces are different slides: none is skipped or
-    served under another's id, files whose names are URL-safe keep their stems as ids whichever file sorts
-    first ("a b.tif" used to take "a_b"), and the ids come from the names alone."""
+def _image(path, value: int) -> None:
     import numpy as np
     from PIL import Image
 
-    from tileserver.raster.catalog import id_candidates
+    Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(path)
 
-    names = ["a b.tif", "a?b.tif", "a_b.tif", "切片一.tif", "切片二.tif", "切片三.tif", "a_b.png"]
+
+def test_every_slide_file_gets_an_id_of_its_own_and_clean_names_keep_theirs(tmp_path):
+    """Names that only differ in what the URL-safe form replaces are different slides: none is skipped or
+    served under another's id ("a b.tif" used to take "a_b" and "a_b.tif" was skipped), and a file whose
+    name is URL-safe keeps its stem as id unless another slide file shares the stem."""
+    from tileserver.raster.catalog import assign_ids
+
+    names = ["a b.tif", "a?b.tif", "a_b.tif", "切片一.tif", "切片二.tif", "切片三.tif", "c.png", "c.tif",
+             "a_b~" + assign_ids(["a b.tif"])["a b.tif"].split("~")[1] + ".png"]
     for k, name in enumerate(names):
-        Image.fromarray(np.full((8, 8, 3), 10 * k, np.uint8)).save(tmp_path / name)
+        _image(tmp_path / name, 10 * k)
     cat = Catalog(tmp_path, model_mpp=2.0)
     try:
         ids = cat.ids()
         assert len(ids) == len(names) == len(set(ids))
         by_name = {cat.get(sid)[0].name: sid for sid in ids}
-        assert set(by_name) == set(names)
-        assert {by_name["a_b.png"], by_name["a_b.tif"]} == {"a_b", "a_b_tif"}  # same stem: the suffix tells
-        assert by_name["a b.tif"] == id_candidates("a b.tif")[0] != by_name["a?b.tif"]
-        assert all(by_name[n].startswith("slide-") for n in names if n.startswith("切"))
+        assert set(by_name) == set(names) and by_name == assign_ids(names)
+        assert by_name["a_b.tif"] == "a_b" and by_name["c.png"] == "c~png" and by_name["c.tif"] == "c~tif"
+        assert by_name["a b.tif"].startswith("a_b~") and by_name["a?b.tif"].startswith("a_b~")
+        assert all(by_name[n].startswith("slide~") for n in names if n.startswith("切"))
         for name, sid in by_name.items():  # each id serves its own file's pixels
             assert cat.read(sid, 0, 0, 1, 1)[0, 0, 0] == 10 * names.index(name)
     finally:
         cat.close()
-    assert id_candidates("a b.tif") == id_candidates("a b.tif") and id_candidates("x.5x.tif")[0] == "x.5x"
+    assert assign_ids(["x.5x.tif", "CMU-1-Small-Region.svs"]) == {"x.5x.tif": "x.5x",
+                                                                  "CMU-1-Small-Region.svs": "CMU-1-Small-Region"}
+    assert assign_ids(["\udcff\udcfe.svs"])["\udcff\udcfe.svs"].startswith("slide~")  # not UTF-8: still an id
+
+
+def test_slide_ids_do_not_depend_on_the_order_files_arrived_in(tmp_path):
+    """The folder's names decide the ids, so a restart or another replica gives the same: a slide file that
+    arrives with another's stem makes both say their suffix, and when it goes the other gets its stem back."""
+    _image(tmp_path / "late.tif", 10)
+    cat = Catalog(tmp_path, model_mpp=2.0)
+    cat.SCAN_EVERY = 0.0
+    try:
+        assert cat.ids() == ["late"]
+        _image(tmp_path / "late.png", 20)
+        assert sorted(cat.ids()) == ["late~png", "late~tif"] and cat.get("late") is None
+        assert cat.get("late~tif")[0].id == "late~tif" and cat.read("late~tif", 0, 0, 1, 1)[0, 0, 0] == 10
+        restarted = Catalog(tmp_path, model_mpp=2.0)
+        assert sorted(restarted.ids()) == sorted(cat.ids())
+        restarted.close()
+        (tmp_path / "late.png").unlink()
+        assert cat.get("late~png") is None and cat.get("late")[0].name == "late.tif"
+        assert cat.ids() == ["late"] and cat.read("late", 0, 0, 1, 1)[0, 0, 0] == 10
+    finally:
+        cat.close()
 
 
 def test_a_file_named_like_a_slide_that_is_none_is_a_failed_slide_and_other_files_are_ignored(tmp_path):
@@ -206,5 +234,13 @@ def test_a_file_named_like_a_slide_that_is_none_is_a_failed_slide_and_other_file
         assert cat.ids() == ["bad"]
         health = cat.health()["bad"]
         assert health["status"] == "failed" and "not a slide OpenSlide or Pillow can read" in health["error"]
+    finally:
+        cat.close()
+    (tmp_path / "bad.svs").unlink()
+    (tmp_path / "fake.tif").write_text("not a TIFF\n")  # Pillow's reason names the file by its whole path
+    cat = Catalog(tmp_path, model_mpp=2.0)
+    try:
+        error = cat.health()["fake"]["error"]
+        assert "fake.tif" in error and str(tmp_path) not in error, error
     finally:
         cat.close()

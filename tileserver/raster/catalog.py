@@ -9,8 +9,9 @@ import math
 import re
 import threading
 import time
+from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
@@ -49,16 +50,36 @@ def slide_id(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).stem).strip("._") or "slide"
 
 
-def id_candidates(name: str) -> list[str]:
-    """Ids for the slide file ``name``, the first one free wins. A stem that is URL-safe already is the
-    id (then, for a second file with that stem, the name with its suffix); any other name gets its safe
-    form and a hash of the whole name, so no two names share an id by what was replaced in them ("a
-    b.tif", "a?b.tif", "a_b.tif" and non-Latin names are all slides of their own) and a clean name keeps
-    its id whichever file the folder listed first. The same name gives the same ids on every replica."""
-    stem, safe = Path(name).stem, slide_id(name)
-    digest = hashlib.sha1(name.encode("utf-8", "surrogateescape")).hexdigest()
-    clean = [stem, slide_id(name.replace(".", "_"))] if safe == stem else []
-    return clean + [f"{safe}-{digest[:8]}", f"{safe}-{digest}"]
+def assign_ids(names: Iterable[str]) -> dict[str, str]:
+    """{file name: slide id} for the slide files of one folder, from the names alone, so every replica
+    and every restart gives the same. A URL-safe stem that no other slide file shares is its own id;
+    a shared one adds its suffix after "~" (``a.svs``, ``a.tif`` → ``a~svs``, ``a~tif``); any other name
+    is its safe form, "~" and 8 hex digits of a hash of the name (``a b.tif`` → ``a_b~…``), so no two
+    names share an id by what was replaced in them. "~" is URL-safe but in no stem that is its own id,
+    so a made id never takes a file's own; names that would still meet get the whole hash."""
+    names = list(names)
+    stems = Counter(Path(n).stem for n in names)
+
+    def made(name: str) -> str:
+        stem, safe, digest = Path(name).stem, slide_id(name), _digest(name)
+        if safe != stem:
+            return f"{safe}~{digest[:8]}"
+        suffix = re.sub(r"[^A-Za-z0-9]+", "_", Path(name).suffix[1:])
+        return stem if stems[stem] == 1 else f"{stem}~{suffix or digest[:8]}"
+
+    ids = {n: made(n) for n in names}
+    taken = Counter(ids.values())
+    return {n: sid if taken[sid] == 1 else f"{slide_id(n)}~{_digest(n)}" for n, sid in ids.items()}
+
+
+def _digest(name: str) -> str:
+    return hashlib.sha1(name.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def printable(name: str) -> str:
+    """A file name as text that encodes: one that is not UTF-8 (its bytes kept as surrogates by Python)
+    gets them as ``\\xff`` escapes, so ETags and cache keys built on it never fail."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def read_mpp(props: Mapping[str, str]) -> float | None:
@@ -148,6 +169,7 @@ class Catalog:
         self.on_error = on_error
         self.follow_symlinks = follow_symlinks
         self._slides: dict[str, _Entry] = {}
+        self._ids_stale = False  # a slide was dropped: the others' ids are made again at the next look
         self._passed: dict[Path, tuple] = {}  # files that are not slides (or refused), with their signature
         self._serving = False
         self._lock = threading.RLock()
@@ -168,7 +190,7 @@ class Catalog:
         except OSError as e:
             log.error("cannot list the slide folder %s: %s", self.folder, one_line(e))
             return
-        listed = set(paths)
+        listed, new = set(paths), []
         self._passed = {p: sig for p, sig in self._passed.items() if p in listed}  # forget files that are gone
         for path in paths:
             try:
@@ -183,18 +205,31 @@ class Catalog:
                 continue
             if open_raster(path, probe=True) is None and path.suffix.lower() not in SLIDE_SUFFIXES:
                 continue  # not a slide (a note, a manifest): one named like a slide that does not open fails
-            sid = next((c for c in id_candidates(path.name) if c not in self._slides), None)
-            if sid is None:
-                log.warning("skipping %s: every id it could have is taken", path.name)
-                continue
             del self._passed[path]
             if self._serving:
                 log.info("new slide in the folder: %s", path.name)
-            self._slides[sid] = entry = _Entry(path, sig)
-            self._open(sid, entry)
+            new.append(_Entry(path, sig))
+        if new or self._ids_stale:
+            self._assign(new)
+
+    def _assign(self, new: list[_Entry]) -> None:
+        """Key every slide by its id (``assign_ids``: the folder's names decide) and open the ``new`` ones;
+        a slide whose id changes, since a file with the same stem came or went, is said in the log."""
+        before = {id(e): sid for sid, e in self._slides.items()}
+        entries = [*self._slides.values(), *new]
+        ids = assign_ids(e.path.name for e in entries)
+        self._slides, self._ids_stale = {ids[e.path.name]: e for e in entries}, False
+        for sid, entry in self._slides.items():
+            old = before.get(id(entry))
+            if old is None:
+                self._open(sid, entry)
+            elif old != sid:
+                log.warning("slide %s is now %s (%s): a slide file with the same stem came or went", old, sid,
+                            entry.path.name)
+                entry.info = entry.info and dataclasses.replace(entry.info, id=sid)
 
     def _scan_if_due(self) -> None:
-        if time.monotonic() - self._scanned >= self.SCAN_EVERY:
+        if self._ids_stale or time.monotonic() - self._scanned >= self.SCAN_EVERY:
             self._scan()
 
     # -- opening -----------------------------------------------------------------
@@ -207,7 +242,7 @@ class Catalog:
             if opened is None:
                 raise ValueError("not a slide OpenSlide or Pillow can read")
         except Exception as e:  # any reason the file does not open is the slide's failure, never the server's
-            self._failed(sid, entry, f"cannot open {path.name}: {one_line(e)}")
+            self._failed(sid, entry, f"cannot open {path.name}: {one_line(e, path)}")
             return
         raster, fmt = opened
         props = getattr(raster, "properties", {})
@@ -218,7 +253,7 @@ class Catalog:
         reason = decide(mpp, self.model_mpp)
         st = path.stat()
         entry.info = SlideInfo(sid, path.name, path, fmt, tuple(raster.size), mpp, source, reason is None, reason,
-                               reference_name(props), f"{path.name}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}",
+                               reference_name(props), f"{printable(path.name)}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}",
                                st.st_mtime)
         entry.raster, entry.failure = raster, None
         log.info("slide %s: %dx%d, mpp %s, %s", sid, *raster.size, mpp, "synthesized" if reason is None else reason)
@@ -243,6 +278,7 @@ class Catalog:
         except OSError:
             log.warning("slide %s: %s is gone; dropped", sid, entry.path.name)
             del self._slides[sid]
+            self._ids_stale = True  # a slide that shared its stem gets it back at the next look
             return None
         if sig != entry.sig:
             log.info("slide %s: %s changed; reopened", sid, entry.path.name)
@@ -286,7 +322,7 @@ class Catalog:
         except ValueError:
             raise
         except Exception as e:  # OpenSlideError, OSError, a decoder's error: this slide's, not the server's
-            self._read_failed(sid, region, f"read error in {found[0].name}: {one_line(e)}")
+            self._read_failed(sid, region, f"read error in {found[0].name}: {one_line(e, found[0].path)}")
             with self._lock:
                 raise unavailable(sid, self._slides[sid].bad_regions[region])
 
@@ -337,9 +373,15 @@ class Catalog:
                     entry.raster.close()
 
 
-def one_line(e: BaseException) -> str:
+def one_line(e: BaseException, path: Path | None = None) -> str:
+    """An error as one line; with ``path``, the file is named by its name alone (a reason goes to HTTP
+    clients, who have no business with the server's folders)."""
     text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+    line = f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+    if path is not None:
+        for full in sorted({str(path.resolve()), str(path.absolute()), str(path)}, key=len, reverse=True):
+            line = line.replace(full, path.name)
+    return line
 
 
 def unavailable(sid: str, failure: Failure) -> Unavailable:
