@@ -170,10 +170,13 @@ def test_demo_cache_folder_that_is_a_file_is_one_line(where, words, tmp_path, ca
     ("--assume-mpp", "nan", "--assume-mpp must be a finite number > 0, not nan"),
     ("--render-budget", "inf", "--render-budget must be a finite number > 0, not inf"),
     ("--redis-lock-ttl", "1e308", "--redis-lock-ttl must be a finite number > 0 and <= 3600, not 1e+308"),
-    ("--base-url", "notaurl", "--base-url must be an absolute http(s)://HOST/PATH URL without query or fragment, "
-                              "not 'notaurl'"),
+    ("--base-url", "notaurl", "--base-url must be an absolute http(s)://HOST/PATH URL without user, query, "
+                              "fragment or characters to escape, not 'notaurl'"),
     ("--base-url", "ftp://host/iiif", "--base-url must be an absolute"),
     ("--rights", "CC-BY", "--rights must be an absolute http(s) URI"),
+    ("--base-url", 'http://a b/ii"if', "--base-url must be an absolute"),  # ids would carry the space and quote
+    ("--base-url", "http://user@host/iiif", "--base-url must be an absolute"),
+    ("--base-url", "http://host:99999/iiif", "--base-url"),
     ("--base-url", "https://", "--base-url must be an absolute"),
     ("--base-url", "/iiif", "--base-url must be an absolute"),
     ("--base-url", "https://host/iiif?x=1", "--base-url must be an absolute"),

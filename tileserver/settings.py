@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
@@ -192,15 +193,26 @@ def check_redis_url(url: str) -> str | None:
     return None
 
 
+_HOST = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::([0-9]{1,5}))?")  # name or address, port
+_PATH = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@%/-]*")  # what a URL path holds without escaping
+
+
+def valid_host(host: str) -> bool:
+    """Whether ``host`` (``name[:port]``, ``[v6][:port]``) can be put in a URL: no other characters, port 1-65535."""
+    m = _HOST.fullmatch(host)
+    return bool(m) and (m.group(1) is None or 1 <= int(m.group(1)) <= 65535)
+
+
 def check_base_url(url: str) -> str | None:
-    """None for an absolute http(s) URL with a host and no query or fragment (IIIF ids are built on it by
-    appending paths), else why not, in one line."""
-    form = "an absolute http(s)://HOST/PATH URL without query or fragment"
+    """None for an absolute http(s) URL with a valid host, a path of URL characters and no user, query or
+    fragment (IIIF ids are built on it by appending paths, so it must stand as written), else why not."""
+    form = "an absolute http(s)://HOST/PATH URL without user, query, fragment or characters to escape"
     problem = url_problem("--base-url", url, ("http", "https"), form)
     if problem:
         return problem
     parts = urlsplit(url)
-    return f"--base-url must be {form}, not {url!r}" if parts.query or parts.fragment else None
+    sound = valid_host(parts.netloc) and _PATH.fullmatch(parts.path) and not (parts.query or parts.fragment)
+    return None if sound and "?" not in url and "#" not in url else f"--base-url must be {form}, not {url!r}"
 
 
 def cli_fields() -> list[dataclasses.Field]:

@@ -5,7 +5,6 @@ preflight for every resource, the public root URL (a malformed Host: 400). The
 blueprints use nothing else to answer."""
 from __future__ import annotations
 
-import re
 from contextlib import ExitStack
 from datetime import datetime
 from email.utils import format_datetime
@@ -19,6 +18,7 @@ from tileserver.inference import QueueFull
 from tileserver.inference.queue import INTERACTIVE, Cancelled, Demand, demand_scope
 from tileserver.raster.prefetch import viewer_scope
 from tileserver.raster.service import DEFAULT_MODE, TileService
+from tileserver.settings import valid_host
 from tileserver.web.metrics import Metrics
 
 
@@ -73,15 +73,6 @@ def hostname(host: str) -> str:
     if host.startswith("["):
         return host[1:].split("]", 1)[0]
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-
-
-_HOST = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::([0-9]{1,5}))?")  # name or address, port
-
-
-def valid_host(host: str) -> bool:
-    """Whether ``host`` (``name[:port]``, ``[v6][:port]``) can be put in a URL: no other characters, port 1-65535."""
-    m = _HOST.fullmatch(host)
-    return bool(m) and (m.group(1) is None or 1 <= int(m.group(1)) <= 65535)
 
 
 def public_root(absolute: bool = True) -> tuple[str, bool]:
