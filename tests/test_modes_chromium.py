@@ -105,6 +105,12 @@ def test_shared_link_reopens_the_mode_and_says_what_is_on_screen_while_loading(s
     assert p.evaluate("msrViewer.world.getItemAt(0).source.id") == f"{url}/m/{REALISTIC}/iiif/3/{SLIDE}"
     assert p.evaluate("document.getElementById('protocol').textContent") == "IIIF Image API 3.0"
     assert p.evaluate("document.querySelector('#modes button.active').textContent") == "Realistic"
+    # at 4.5X OpenSeadragon draws the 2.5X level (5X pixels would be under one screen pixel): nothing is
+    # loading, so the readout says nothing (it used to say "5X still loading" for good)
+    p.evaluate("() => msrViewer.viewport.zoomBy(4.5 / msrState().mag, null, true)")
+    p.wait_for_function("Math.abs(msrState().mag - 4.5) < 0.05")
+    p.wait_for_function(LOADED, timeout=120_000)
+    p.wait_for_function("document.getElementById('onscreen').hidden", timeout=10_000)
     # record what the on-screen readout says while 40X is synthesized (coarser levels are drawn first)
     p.evaluate("""() => { window.seen = []; new MutationObserver(() => {
         const e = document.getElementById('onscreen'); if (!e.hidden) window.seen.push(e.textContent);

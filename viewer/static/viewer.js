@@ -168,12 +168,22 @@
     if (!visible || covered >= 0.98 * visible) return magOf(finest);
     return magOf(Math.min(...tiles.map((t) => t.level)));
   }
+  // the finest level OpenSeadragon loads at magnification mag: one whose pixels are at least
+  // MIN_PIXEL_RATIO device pixels on screen (at 4.5X that is the 2.5X level, not 5X)
+  function wantedMag(mag) {
+    const item = viewer.world.getItemAt(0);
+    if (!item || !fullMag || !mag) return null;
+    const coarsest = fullMag / Math.pow(2, item.source.maxLevel);
+    let m = fullMag;
+    while (m > coarsest && m * MIN_PIXEL_RATIO > mag * (OpenSeadragon.pixelDensityRatio || 1) * 1.001) m /= 2;
+    return m;
+  }
   function onScreen(mag) {
-    const shown = drawnMag(), el = $("onscreen");
-    const coarser = Boolean(shown && mag && shown < mag * 0.99 && shown < fullMag * 0.99);
+    const shown = drawnMag(), want = wantedMag(mag), el = $("onscreen");
+    const coarser = Boolean(shown && want && shown < want * 0.99);
     el.hidden = !coarser;
     if (coarser) el.textContent = `on screen: ${shown.toFixed(shown < 10 ? 1 : 0)}X pixels, enlarged — ` +
-      `${Math.min(mag, fullMag).toFixed(0)}X still loading`;
+      `${want.toFixed(want < 10 ? 1 : 0)}X still loading`;
     document.body.dataset.onScreen = shown ? shown.toFixed(2) : "";
   }
 
