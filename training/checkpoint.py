@@ -25,18 +25,37 @@ def save(path: Path, model: MultiScaleGenerator, **fields: Any) -> None:
     write_atomically(path, lambda tmp: torch.save(state, tmp))
 
 
+class CheckpointError(ValueError):
+    """A file that is not a checkpoint this code can use, told in one line that names it."""
+
+
 def load(path: Path) -> dict[str, Any]:
-    state = torch.load(Path(path), map_location="cpu", weights_only=False)
+    """The checkpoint's state; ``FileNotFoundError`` when there is none, ``CheckpointError`` for any file
+    that is not an MSR checkpoint (text, random bytes, a truncated save, an ONNX file)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # pickle, zip, decoding and I/O errors alike: the file is not one of ours
+        raise CheckpointError(f"{path} is not an MSR checkpoint ({type(e).__name__}: "
+                              f"{(str(e).strip().splitlines() or [''])[0][:160]})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an MSR checkpoint ({FORMAT})")
+        raise CheckpointError(f"{path} is not an MSR checkpoint ({FORMAT})")
     return state
 
 
 def load_generator(path: Path) -> tuple[MultiScaleGenerator, dict[str, Any]]:
     """The network in eval mode and the checkpoint's metadata (everything but tensors)."""
     state = load(path)
-    model = MultiScaleGenerator(GeneratorArgs(**state["model_args"]))
-    model.load_state_dict(state["model"])
+    try:
+        model = MultiScaleGenerator(GeneratorArgs(**state["model_args"]))
+        model.load_state_dict(state["model"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: its weights do not fit its own model arguments ({type(e).__name__}: "
+                              f"{(str(e).strip().splitlines() or [''])[0][:160]})") from None
     model.eval()
     return model, metadata(state)
 
