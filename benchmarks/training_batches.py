@@ -44,8 +44,11 @@ def steps_per_second(trainer, steps: int, prefetch: int) -> float:
 def main(argv: list[str] | None = None) -> int:
     import torch
 
+    from tileserver.commands.ingest import ranged
+    from training.checkpoint import CheckpointError
     from training.config import ConfigError, load
     from training.data import DataError, build_dataset
+    from training.model import VGGWeightsMissing
     from training.train import Trainer, source_specs
     from training.upscale import device_name, torch_device
 
@@ -53,9 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, required=True, help="data root of the config's sources")
     ap.add_argument("--config", type=Path, default=ROOT / "training" / "configs" / "faithful.yaml")
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    ap.add_argument("--steps", type=int, default=40, help="timed steps per round and way")
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--depth", type=int, default=2, help="batches made ahead")
+    ap.add_argument("--steps", type=ranged(int, 1), default=40, help="timed steps per round and way")
+    ap.add_argument("--rounds", type=ranged(int, 1), default=2)
+    ap.add_argument("--depth", type=ranged(int, 1), default=2, help="batches made ahead")
     a = ap.parse_args(argv)
     if torch_device(a.device) is None:
         print("training_batches: --device cuda, but PyTorch sees no CUDA GPU", file=sys.stderr)
@@ -64,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load(a.config)
         trainer = Trainer(cfg, build_dataset(*source_specs(cfg, a.data)), dev)
-    except (ConfigError, DataError, OSError) as e:
+    except (ConfigError, DataError, CheckpointError, VGGWeightsMissing, OSError) as e:
         print(f"training_batches: {e}", file=sys.stderr)
         return 2
     if cfg.run.threads and dev.type == "cpu":

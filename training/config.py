@@ -2,10 +2,15 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
+import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import yaml
+
+from tileserver.settings import out_of_range
 
 from training.augment import AugmentConfig
 from training.losses import LossWeights
@@ -89,30 +94,107 @@ class ConfigError(ValueError):
     pass
 
 
+# Ranges beyond the type (the dataclasses' own checks cover the rest): (low, high, over low only).
+RANGES = {
+    "data.crop": (1, math.inf, False), "data.batch": (1, math.inf, False), "data.jpeg_quality": (1, 100, False),
+    "data.val_count": (0, math.inf, False), "data.val_crop": (1, math.inf, False),
+    "data.curriculum_every_epochs": (1, math.inf, False), "optim.lr": (0, math.inf, True),
+    "optim.decay_every_epochs": (1, math.inf, False), "optim.d_lr": (0, math.inf, True),
+    "run.epochs": (1, math.inf, False), "run.steps_per_epoch": (1, math.inf, False), "run.threads": (1, math.inf, False),
+    "run.max_minutes": (0, math.inf, True),
+}
+
+
+def _kind(hint: Any) -> str:
+    """What a value of type ``hint`` is, in words (for messages)."""
+    args = typing.get_args(hint)
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_kind(a) for a in args)
+    if origin in (list, tuple):
+        if origin is tuple and Ellipsis not in args:
+            return f"a list of {len(args)} {_kind(args[0]).split(' ', 1)[1]}s"
+        return f"a list of {_kind(args[0]).split(' ', 1)[1]}s"
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", dict: "a mapping",
+            type(None): "null"}.get(hint, str(hint))
+
+
+def _typed(value: Any, hint: Any) -> Any:
+    """``value`` as type ``hint`` (a YAML list becomes a tuple for tuple fields, "1e-3" a float, one
+    string a one-item list of strings); ``TypeError`` when it is not one, ``ValueError`` when not finite."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        for a in args:
+            try:
+                return _typed(value, a)
+            except TypeError:
+                pass
+        raise TypeError
+    if origin in (list, tuple):
+        if isinstance(value, str) and args[0] is str:
+            value = [value]
+        if not isinstance(value, (list, tuple)) or (Ellipsis not in args and origin is tuple and len(value) != len(args)):
+            raise TypeError
+        item_hints = args if origin is tuple and Ellipsis not in args else [args[0]] * len(value)
+        return origin(_typed(v, h) for v, h in zip(value, item_hints))
+    if hint is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        try:  # YAML reads "1e-3" (no dot) as a string
+            value = float(value)
+        except ValueError:
+            raise TypeError from None
+        if not math.isfinite(value):
+            raise ValueError
+        return value
+    if hint is type(None):
+        if value is not None:
+            raise TypeError
+        return value
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise TypeError
+    return value
+
+
+def typed_values(cls: type, values: dict[str, Any], where: str,
+                 ranges: dict[str, tuple[float, float, bool]] | None = None) -> dict[str, Any]:
+    """``values`` for the fields of dataclass ``cls`` checked against their type hints and ``ranges`` by
+    field name (default: those of ``RANGES`` under ``where``, the dotted prefix that messages give);
+    nested dataclasses are left to the caller."""
+    hints = typing.get_type_hints(cls)
+    if ranges is None:
+        ranges = {k[len(where):]: r for k, r in RANGES.items() if k.startswith(where)}
+    out = {}
+    for name, value in values.items():
+        key = f"{where}{name}"
+        try:
+            value = _typed(value, hints[name])
+        except TypeError:
+            raise ConfigError(f"{key} must be {_kind(hints[name])}, not {value!r}") from None
+        except ValueError:
+            raise ConfigError(f"{key} must be a finite number, not {value!r}") from None
+        low, high, above = ranges.get(name, (None, None, False))
+        wrong = low is not None and value is not None and out_of_range(value, low, high, integer=isinstance(value, int),
+                                                                          above=above)
+        if wrong:
+            raise ConfigError(f"{key} {wrong}")
+        out[name] = value
+    return out
+
+
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(values) - set(fields)
     if unknown:
         raise ConfigError(f"unknown setting(s) {sorted(unknown)} in {where or 'config'}; known: {sorted(fields)}")
-    kwargs = {}
-    for name, value in values.items():
-        default = getattr(cls(), name)
-        if dataclasses.is_dataclass(default):
-            if not isinstance(value, dict):
-                raise ConfigError(f"{where}{name} must be a mapping")
-            value = _build(type(default), value, f"{where}{name}.")
-        elif isinstance(default, tuple):
-            value = tuple(value)
-        elif isinstance(default, float) and isinstance(value, (int, str)) and not isinstance(value, bool):
-            try:  # YAML reads "1e-3" (no dot) as a string
-                value = float(value)
-            except ValueError:
-                raise ConfigError(f"{where}{name} must be a number, not {value!r}") from None
-        kwargs[name] = value
+    nested = {name: type(getattr(cls(), name)) for name in values if dataclasses.is_dataclass(getattr(cls(), name))}
+    kwargs = typed_values(cls, {k: v for k, v in values.items() if k not in nested}, where)
+    for name, sub in nested.items():
+        if not isinstance(values[name], dict):
+            raise ConfigError(f"{where}{name} must be a mapping, not {values[name]!r}")
+        kwargs[name] = _build(sub, values[name], f"{where}{name}.")
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"{where or 'config'}: {e}") from None
+        raise ConfigError(f"{where.rstrip('.') or 'config'}: {e}") from None
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
@@ -130,12 +212,22 @@ def from_dict(values: dict[str, Any]) -> Config:
     return _build(Config, values, "")
 
 
+def yaml_problem(e: yaml.YAMLError) -> str:
+    """A YAML error in one line: "line L, column C: problem" (PyYAML's own message spans several)."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """'data.batch=8' → (['data', 'batch'], 8); the value is read as YAML."""
     if "=" not in text:
         raise ConfigError(f"override {text!r} is not KEY=VALUE (e.g. data.batch=8)")
     key, raw = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(raw)
+    try:
+        return key.strip().split("."), yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: its value is not YAML ({yaml_problem(e)})") from None
 
 
 def merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
@@ -153,18 +245,29 @@ def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"config {path} extends itself")
     try:
         values = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"cannot read config {path}: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e.strerror or e}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        where = yaml_problem(e) if isinstance(e, yaml.YAMLError) else "not UTF-8 text"
+        raise ConfigError(f"config {path}: not valid YAML ({where})") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"config {path}: the top level must be a mapping of settings, not a {type(values).__name__}")
     base = values.pop("extends", None)
+    if base is not None and not isinstance(base, str):
+        raise ConfigError(f"config {path}: extends must be a file name, not {base!r}")
     return merge(read_yaml(path.parent / base, (*seen, path)), values) if base else values
 
 
-def load(path: str | Path | None, overrides: list[str] = ()) -> Config:
+def load(path: str | Path | None, overrides: Sequence[str | tuple[str, Any]] = ()) -> Config:
+    """The config of the YAML file ``path`` (defaults when None) with ``overrides``: 'KEY=VALUE' texts
+    (the value read as YAML) or (KEY, value) pairs for values given as such (a number, a path)."""
     values: dict[str, Any] = read_yaml(Path(path)) if path else {}
-    for text in overrides:
-        keys, value = parse_override(text)
+    for item in overrides:
+        keys, value = parse_override(item) if isinstance(item, str) else (item[0].split("."), item[1])
         node = values
-        for k in keys[:-1]:
+        for i, k in enumerate(keys[:-1]):
             node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {'.'.join(keys)}: {'.'.join(keys[:i + 1])} is a setting, not a group of them")
         node[keys[-1]] = value
     return from_dict(values)

@@ -11,17 +11,20 @@ flatness curriculum. Validation is split by patient, never by crop.
 from __future__ import annotations
 
 import dataclasses
+import math
 import queue
 import re
 import threading
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from tileserver.degrade import degrade, pyramid
 from training.augment import AugmentConfig, degrade_input, recolour, sharpen
+from training.config import typed_values
 from training.sources import FACTOR, DataError, SlideSource, Source, TileSource
 
 TILE_SUFFIXES = {".tif", ".tiff", ".png"}
@@ -33,9 +36,23 @@ __all__ = ["DataError", "FACTOR", "SCALES", "SourceSpec", "Dataset", "BatchSampl
            "make_pair"]
 
 
+IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)  # what PIL raises on bad files
+
+
+def unreadable(path: Path, e: BaseException) -> DataError:
+    """The one-line error for an image file PIL cannot read (``e``: what it raised)."""
+    reason = "not an image PIL can read" if isinstance(e, UnidentifiedImageError) else (str(e).splitlines() or [type(e).__name__])[0]
+    return DataError(f"{path}: not a readable image ({reason})")
+
+
 def load_rgb(path: Path) -> np.ndarray:
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
+    """The image as RGB uint8; a ``DataError`` naming the file when it is not a readable image."""
+    try:
+        with warnings.catch_warnings(), Image.open(path) as im:
+            warnings.filterwarnings("ignore", "Truncated File Read")  # the error that follows says it
+            return np.asarray(im.convert("RGB"))
+    except IMAGE_ERRORS as e:
+        raise unreadable(path, e) from None
 
 
 def patient_id(path: Path) -> str:
@@ -55,6 +72,18 @@ def list_images(folder: Path) -> list[Path]:
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in TILE_SUFFIXES | SLIDE_SUFFIXES)
     if not files:
         raise DataError(f"no 40X tiles (.tif/.png) or slides found in {folder}")
+    bad = {}
+    for p in files:
+        if p.suffix.lower() in TILE_SUFFIXES:
+            try:
+                Image.open(p).close()  # the header only: a file that is no image at all is told here
+            except IMAGE_ERRORS as e:
+                bad[p] = unreadable(p, e)
+    if len(bad) == len(files):
+        raise DataError(f"no images found in {folder}: none of its {len(files)} .tif/.png files is an image "
+                        f"(first: {files[0].name})")
+    if bad:
+        raise next(iter(bad.values()))
     return files
 
 
@@ -156,8 +185,9 @@ class SourceSpec:
         unknown = set(d) - fields
         if unknown or "name" not in d or "path" not in d:
             raise DataError(f"data source {d} needs name and path; unknown keys {sorted(unknown)}; known: {sorted(fields)}")
-        values = {**d, "val_patients": tuple(d.get("val_patients") or ())}
-        values.setdefault("lab", d["name"])
+        values = typed_values(cls, {**d, "val_patients": d.get("val_patients") or ()}, f"data source {d['name']}: ",
+                              {"weight": (0, math.inf, True), "min_size": (1, math.inf, False), "val_count": (0, math.inf, False)})
+        values.setdefault("lab", values["name"])
         return cls(**values)
 
 
@@ -192,7 +222,10 @@ def build_dataset(specs: Sequence[SourceSpec], root: Path) -> Dataset:
     for spec in specs:
         mine = [s for sp, _, s in opened if sp is spec]
         if spec.train and not spec.held_out and not mine:
-            raise DataError(f"source {spec.name}: no training images left after the validation split and size filter")
+            split = sum(sp is spec for sp, _ in train_items)
+            why = (f"all {split} training images are under min_size {spec.min_size} px" if split else
+                   "the validation split (val_patients/val_count) took every patient")
+            raise DataError(f"source {spec.name} ({Path(root) / spec.path}): no training images left: {why}")
         train += [(s, spec.weight / len(mine), spec.lab) for s in mine]
         if mine and spec.lab not in seen:
             seen.append(spec.lab)

@@ -29,7 +29,7 @@ from training.curves import plot_curves
 from training.data import BatchPrefetcher, BatchSampler, DataError, Dataset, SourceSpec, build_dataset, curriculum_threshold, load_rgb, scale_levels
 from training.losses import GeneratorLoss, discriminator_loss
 from tileserver.degrade import degrade
-from tileserver.files import write_atomically
+from tileserver.files import folder_problem, write_atomically
 from training.metrics import SCALE_NAMES, band_power, bicubic_up, psnr, to_y
 from training.model import MultiScaleGenerator, PatchDiscriminator, VGGFeatures, VGGWeightsMissing, describe
 from training.upscale import device_name, torch_device, torch_upscaler
@@ -165,20 +165,41 @@ class Trainer:
         """The sampler's RNG state after the last batch trained on (not after those made ahead)."""
         return self.prefetcher.state if self.prefetcher else self.sampler.rng.bit_generator.state
 
+    def load_weights(self, path: Path, state: dict) -> None:
+        """The generator weights of checkpoint ``state`` (of ``path``), or which model settings differ."""
+        try:
+            self.model.load_state_dict(state["model"])
+        except (KeyError, RuntimeError):
+            mine = dataclasses.asdict(self.model.args)
+            theirs = {k: tuple(v) if isinstance(v, list) else v for k, v in (state.get("model_args") or {}).items()}
+            differ = ", ".join(f"model.{k} {theirs[k]} there, {mine[k]} here" for k in mine if theirs.get(k, mine[k]) != mine[k])
+            raise checkpoint.CheckpointError(f"{path} holds another network than the config's model ({differ or 'other weights'})") from None
+
     def init_from(self, path: Path) -> None:
         """Start from another run's generator weights (fine-tuning), not its optimiser or step."""
-        self.model.load_state_dict(checkpoint.load(path)["model"])
+        self.load_weights(path, checkpoint.load(path))
 
     def resume(self, path: Path) -> None:
+        """Continue the run of ``path`` (a last.pt): weights, optimisers, step, best score and RNG."""
         state = checkpoint.load(path)
-        self.model.load_state_dict(state["model"])
-        self.opt.load_state_dict(state["optimizer"])
-        if self.disc is not None:
-            self.disc.load_state_dict(state["discriminator"])
-            self.d_opt.load_state_dict(state["d_optimizer"])
-        self.step, self.best = state["step"], state["best_val"]
-        self.sampler.rng.bit_generator.state = state["rng"]["sampler"]
-        torch.set_rng_state(state["rng"]["torch"])
+        if state.get("optimizer") is None:
+            raise checkpoint.CheckpointError(f"{path} holds no optimiser state (a best.pt or a released checkpoint has "
+                                             "weights only): resume from the run's last.pt, or start from it with --init")
+        if self.disc is not None and state.get("discriminator") is None:
+            raise checkpoint.CheckpointError(f"{path} was trained without a discriminator, which loss.adversarial/"
+                                             "loss.feature_match need: start from it with --init instead")
+        self.load_weights(path, state)
+        try:
+            self.opt.load_state_dict(state["optimizer"])
+            if self.disc is not None:
+                self.disc.load_state_dict(state["discriminator"])
+                self.d_opt.load_state_dict(state["d_optimizer"])
+            self.step, self.best = state["step"], state["best_val"]
+            self.sampler.rng.bit_generator.state = state["rng"]["sampler"]
+            torch.set_rng_state(state["rng"]["torch"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise checkpoint.CheckpointError(f"{path} cannot be resumed with this config ({type(e).__name__}: {e})"
+                                             .splitlines()[0][:300]) from None
 
     def train_step(self) -> dict[str, float]:
         """One D step (when there is a discriminator), then one G step on the batch of this step
@@ -272,12 +293,30 @@ def validate_and_save(t: Trainer, out_dir: Path, fields: list[str], labs: list[s
 
 
 def prepare_run_folder(cfg: Config, out_dir: Path, command: str, resuming: bool) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    with open(out_dir / "command.txt", "a" if resuming else "w") as f:
-        f.write(command + "\n")
+    """Write config.yaml and command.txt (appended to when resuming); a new run drops an old log.csv.
+    Called once every input is checked: a failed start leaves ``out_dir`` as it was."""
+    problem = folder_problem(out_dir)
+    if problem:
+        raise ConfigError(f"cannot write the run folder {out_dir}: {problem}")
+    config = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    write_atomically(out_dir / "config.yaml", lambda tmp: tmp.write_text(config))
+    old = (out_dir / "command.txt").read_text() if resuming and (out_dir / "command.txt").is_file() else ""
+    write_atomically(out_dir / "command.txt", lambda tmp: tmp.write_text(old + command + "\n"))
     if not resuming and (out_dir / "log.csv").exists():
         (out_dir / "log.csv").unlink()
+
+
+def prepare_trainer(cfg: Config, data_dir: Path, dev: torch.device, resume: Path | None, init: Path | None) -> Trainer:
+    """The trainer with its data read and its checkpoints loaded: every input checked, nothing written."""
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    torch.manual_seed(cfg.run.seed)
+    t = Trainer(cfg, build_dataset(*source_specs(cfg, data_dir)), dev)
+    if init:
+        t.init_from(init)
+    if resume:
+        t.resume(resume)
+    return t
 
 
 def train(cfg: Config, data_dir: Path, out_dir: Path, resume: Path | None = None, device: str | None = None,
@@ -290,17 +329,9 @@ def train(cfg: Config, data_dir: Path, out_dir: Path, resume: Path | None = None
         torch.backends.cudnn.benchmark = True  # fixed crop sizes: let cuDNN time its kernels and keep the fastest
     if progress:
         print(f"training on {device_name(dev.type)}", flush=True)
-    if cfg.run.threads:
-        torch.set_num_threads(cfg.run.threads)
-    torch.manual_seed(cfg.run.seed)
-    out_dir = Path(out_dir)
+    t = prepare_trainer(cfg, data_dir, dev, resume, init)
+    data, out_dir = t.data, Path(out_dir)
     prepare_run_folder(cfg, out_dir, command, resume is not None)
-    data = build_dataset(*source_specs(cfg, data_dir))
-    t = Trainer(cfg, data, dev)
-    if init:
-        t.init_from(init)
-    if resume:
-        t.resume(resume)
     labs = sorted(t.bicubic)
     fields = log_fields(labs)
     meta = {"name": cfg.name, "config": to_dict(cfg), "val_images": t.val.names, "val_labs": t.val.labs,
@@ -337,7 +368,7 @@ def train(cfg: Config, data_dir: Path, out_dir: Path, resume: Path | None = None
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Train the multi-scale SR generator.")
-    ap.add_argument("--config", type=Path, help="YAML config (training/configs/*.yaml)")
+    ap.add_argument("--config", type=Path, required=True, help="YAML config (training/configs/*.yaml; smoke.yaml for a quick try)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a setting, e.g. --set data.batch=8 (repeatable)")
     ap.add_argument("--data", type=Path, required=True,
@@ -350,15 +381,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vgg-weights", help="path of torchvision's vgg19-dcbb9e9d.pth for the perceptual loss")
     args = ap.parse_args(argv)
     overrides = list(args.overrides)
-    if args.max_minutes is not None:
-        overrides.append(f"run.max_minutes={args.max_minutes}")
+    if args.max_minutes is not None:  # as the number, not text for YAML (which reads "1e-05" as a string)
+        overrides.append(("run.max_minutes", args.max_minutes))
     if args.vgg_weights:
-        overrides.append(f"loss.vgg_weights={args.vgg_weights}")
+        overrides.append(("loss.vgg_weights", args.vgg_weights))
     try:
         cfg = load(args.config, overrides)
         print(f"{cfg.name}: {describe(cfg.model)}", flush=True)
         best = train(cfg, args.data, args.out, args.resume, args.device, command=shlex.join(sys.argv), init=args.init)
-    except (ConfigError, DataError, VGGWeightsMissing, FileNotFoundError) as e:
+    except (ConfigError, DataError, checkpoint.CheckpointError, VGGWeightsMissing, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"best checkpoint: {best}")
