@@ -265,6 +265,14 @@ def format_iiif(r: dict) -> str:
     return "\n".join(lines)
 
 
+def viewport(text: str) -> str:
+    """``--viewport WxH`` (pixels, 1..16384 a side), as ``WxH``."""
+    w, sep, h = text.strip().lower().partition("x")
+    if not (sep and w.isdigit() and h.isdigit() and 0 < int(w) <= 16384 and 0 < int(h) <= 16384):
+        raise argparse.ArgumentTypeError(f"must be WIDTHxHEIGHT in pixels, 1..16384 each (e.g. 1920x1080), not {text!r}")
+    return f"{int(w)}x{int(h)}"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("slide_dir", type=Path, nargs="?", default=Path("var/slides"))
@@ -276,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pid", type=int, help="the running server's pid, for its memory")
     ap.add_argument("--native", type=Path, help="slide file for the DeepZoomGenerator anchor (default: the slide's file)")
     ap.add_argument("--samples", type=int, default=20)
-    ap.add_argument("--viewport", default="1920x1080")
+    ap.add_argument("--viewport", type=viewport, default="1920x1080", help="WxH in pixels (default 1920x1080)")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--iiif-only", action="store_true", help="only IIIF against Deep Zoom and the refusal")
     ap.add_argument("--chain", action="store_true", help="only the block-grid table, the cold-tile ratio, the cold "
@@ -288,6 +296,10 @@ def main(argv: list[str] | None = None) -> int:
                     "the baseline, in alternating rounds (benchmarks/models.py)")
     ap.add_argument("--think", type=float, default=60, help="with --chain: the most seconds the session pauses at 20X")
     args = ap.parse_args(argv)
+    if not args.url and not args.slide_dir.is_dir():  # else the server it starts exits with a traceback here
+        why = "is not a folder" if args.slide_dir.exists() else "does not exist"
+        print(f"tiles: error: slide folder {args.slide_dir} {why}", file=sys.stderr)
+        return 2
     if args.models:
         import models
 

@@ -1,5 +1,5 @@
 """The export's gates, checked from outside: an exported bundle agrees with PyTorch (measured here, not
-read back from the manifest), a graph that does not is refused (exit 1, no manifest), and each stage's
+read back from the manifest), a graph that does not is refused (exit 1, no bundle), and each stage's
 halo is the smallest that keeps blockwise inference within the tolerance."""
 import json
 
@@ -90,7 +90,7 @@ def test_export_refuses_a_graph_that_differs_from_pytorch(checkpoint, tmp_path, 
     assert export_onnx.main([str(checkpoint), "-o", str(out), "--image", str(img)]) == 1
     err = capsys.readouterr().err
     assert "FAILED" in err and "stage 1: ONNX differs from PyTorch" in err and err.count("\n") == 1
-    assert sorted(p.name for p in out.iterdir()) == []  # no manifest, no stage graphs
+    assert not out.exists()  # no bundle folder at all: it is built beside and moved in only when complete
 
 
 def test_an_evaluation_without_this_model_fails_before_any_file_is_written(checkpoint, tmp_path, capsys):
@@ -104,11 +104,11 @@ def test_an_evaluation_without_this_model_fails_before_any_file_is_written(check
     (out / "stage1.onnx").write_bytes(b"the shipped graph")
     summary = tmp_path / "summary.json"
     summary.write_text(json.dumps({"models": {"someone-else": {}}}))
-    assert export_onnx.main([str(checkpoint), "-o", str(out), "--evaluation", str(summary)]) == 1
+    assert export_onnx.main([str(checkpoint), "-o", str(out), "--evaluation", str(summary)]) == 2  # bad input
     assert "no single evaluation" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["stage1.onnx"]
     assert (out / "stage1.onnx").read_bytes() == b"the shipped graph"
-    assert export_onnx.main([str(checkpoint), "-o", str(out), "--evaluation", str(tmp_path / "absent.json")]) == 1
+    assert export_onnx.main([str(checkpoint), "-o", str(out), "--evaluation", str(tmp_path / "absent.json")]) == 2
     assert "cannot read the evaluation" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["stage1.onnx"]
 

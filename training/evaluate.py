@@ -36,12 +36,35 @@ import numpy as np
 from tqdm import tqdm
 
 from tileserver.degrade import degrade
+from tileserver.files import folder_problem, write_bytes_atomically
 from training.data import load_rgb, scale_levels
 from training.metrics import BANDS, SCALE_NAMES, band_power, bicubic_up, direction_bias, image_metrics, psnr
 from training.report import paired_differences, save_crops_png, tables, write_csv
 from training.upscale import Upscaler, device_name, load_upscaler, torch_device
 
 BAND_SCALES = ["20X", "40X"]
+MIN_SIDE = 32  # 40X px: cropped to a multiple of 8, its 10X level (a quarter) must hold SSIM's 7x7 window
+
+
+class ImageError(ValueError):
+    """An image a tool cannot use, told in one line that names it."""
+
+
+def read_image(path: Path, min_side: int = MIN_SIDE, purpose: str = "to evaluate") -> np.ndarray:
+    """``path`` as uint8 RGB, read whole; ``ImageError`` when it is missing, not a whole image (not one PIL
+    knows, truncated, corrupt) or under ``min_side`` px a side, so a bad image is found before any work."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"no image at {path}")
+    try:
+        img = load_rgb(path)
+    except Exception as e:  # load_rgb's DataError names the file; PIL's many kinds of error do not
+        why = (str(e).splitlines() or [type(e).__name__])[0]
+        raise ImageError(why if str(path) in why else f"{path}: not a readable image ({why[:120]})") from None
+    if min(img.shape[:2]) < min_side:
+        raise ImageError(f"{path} is {img.shape[1]}x{img.shape[0]} px: too small {purpose} "
+                         f"(at least {min_side} px a side)")
+    return img
 
 
 def image_row(levels: list[np.ndarray], outs: list[np.ndarray]) -> dict[str, float]:
@@ -96,19 +119,32 @@ def model_label(path: Path, name: str, ambiguous: bool) -> str:
     return f"{name} ({path.name if path.is_dir() else path.parent.name + '/' + path.name})" if ambiguous else name
 
 
+def load_models(models: Sequence[Path], device: str = "cpu") -> list[tuple[Upscaler, dict]]:
+    """Every model's upscaler and info, loaded before any image is evaluated."""
+    loaded = []
+    for m in models:
+        try:
+            loaded.append(load_upscaler(m, device))
+        except (KeyError, TypeError):  # a checkpoint without its training config, e.g. training/widen.py's init
+            raise ValueError(f"{m} records no config.data.jpeg_quality (how its training inputs were "
+                             "compressed): evaluate a trained checkpoint") from None
+    return loaded
+
+
 def evaluate(models: Sequence[Path], items: Sequence[tuple[str, Path]], out_dir: Path | None, progress: bool = True,
-             device: str = "cpu") -> dict:
+             device: str = "cpu", loaded: list[tuple[Upscaler, dict]] | None = None) -> dict:
     """Evaluate every model on the (lab, image) items; returns {"models": {name: summary}, ...}
-    and, with ``out_dir``, writes per_image.csv, summary.json, tables.md and crops-<lab>.png.
-    ``device`` is where checkpoints run (bundles run on ONNX Runtime's CPU provider)."""
-    loaded = [load_upscaler(m, device) for m in models]
+    and, with ``out_dir``, writes per_image.csv, summary.json, tables.md and crops-<lab>.png (each atomically).
+    ``device`` is where checkpoints run (bundles run on ONNX Runtime's CPU provider); ``loaded``: the
+    models' ``load_models``, when the caller has them."""
+    loaded = loaded or load_models(models, device)
     names = [model_label(m, info["name"], [i["name"] for _, i in loaded].count(info["name"]) > 1)
              for m, (_, info) in zip(models, loaded)]
     rows: dict[str, list[dict]] = {n: [] for n in names}
     bic_rows: dict[str, list[dict]] = {n: [] for n in names}
     samples: dict[str, dict] = {}
     for lab, path in tqdm(items, desc="evaluate", unit="image", disable=not progress):
-        img40 = load_rgb(path)
+        img40 = read_image(path)
         for name, (upscale, info) in zip(names, loaded):
             m, b, images = evaluate_image(img40, upscale, info["jpeg_quality"])
             rows[name].append({"lab": lab, "image": path.name, **m})
@@ -127,8 +163,8 @@ def evaluate(models: Sequence[Path], items: Sequence[tuple[str, Path]], out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_csv(out_dir / "per_image.csv", [{"model": n, "method": meth, **r} for n in names
                                               for meth, rs in (("model", rows[n]), ("bicubic", bic_rows[n])) for r in rs])
-        (out_dir / "summary.json").write_text(json.dumps(report, indent=2))
-        (out_dir / "tables.md").write_text(tables(report))
+        write_bytes_atomically(out_dir / "summary.json", json.dumps(report, indent=2).encode())
+        write_bytes_atomically(out_dir / "tables.md", tables(report).encode())
         for lab, s in samples.items():
             save_crops_png(s, out_dir / f"crops-{lab}.png")
     return report
@@ -148,16 +184,19 @@ def recorded_items(model: Path, data_root: Path) -> list[tuple[str, Path]]:
 
 def source_items(config: Path, data_root: Path) -> list[tuple[str, Path]]:
     """The validation split of the named sources of a training config, every lab."""
-    from training.config import load
+    from training.config import ConfigError, load
     from training.data import SourceSpec, split_sources
 
-    cfg = load(config)
+    try:
+        cfg = load(config)
+    except ConfigError as e:
+        raise ConfigError(str(e) if config.name in str(e) else f"{config}: {e}") from None
     if not cfg.data.sources:
         raise ValueError(f"{config} names no data sources")
     return split_sources([SourceSpec.from_dict(d) for d in cfg.data.sources], data_root)[1]
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("models", nargs="*", type=Path, help="checkpoints .pt or bundle folders (default: the shipped model)")
     ap.add_argument("--data", type=Path, default=Path("../shared/data"), help="data root (or folder of --images)")
@@ -166,35 +205,52 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, help="folder for per_image.csv, summary.json, tables.md, crops-<lab>.png")
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                     help="where checkpoints (.pt) run; auto = CUDA when PyTorch sees a GPU (bundles always run on the CPU)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def checked_inputs(args: argparse.Namespace, models: list[Path], device: str) -> tuple[list, list]:
+    """(items, loaded models), every input checked before the evaluation runs: the images read whole and
+    big enough, the models loaded, ``--out`` a folder that takes files. ``ValueError`` or
+    ``BundleError`` (one line) when one is not usable."""
+    if args.images:
+        items = [(args.data.name, args.data / n) for n in args.images]
+    elif args.sources:
+        items = source_items(args.sources, args.data)
+    else:
+        items = recorded_items(models[0], args.data)
+    absent = [str(p) for _, p in items if not p.is_file()]
+    if not items or absent:
+        raise ValueError(f"no evaluation images found (missing: {absent}); give --data and --sources or --images")
+    for _, p in items:
+        read_image(p)
+    problem = folder_problem(args.out) if args.out else None
+    if problem:
+        raise ValueError(f"cannot write to --out {args.out}: {problem}")
+    return items, load_models(models, device)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tileserver.inference import BundleError
     from training.checkpoint import DEFAULT_CHECKPOINT
 
+    args = parser().parse_args(argv)
     models = args.models or [DEFAULT_CHECKPOINT]
     missing = [str(m) for m in models if not m.exists()]
     if missing:
         print(f"error: no model at {', '.join(missing)}", file=sys.stderr)
         return 2
-    try:
-        if args.images:
-            items = [(args.data.name, args.data / n) for n in args.images]
-        elif args.sources:
-            items = source_items(args.sources, args.data)
-        else:
-            items = recorded_items(models[0], args.data)
-    except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    absent = [str(p) for _, p in items if not p.is_file()]
-    if not items or absent:
-        print(f"error: no evaluation images found (missing: {absent}); give --data and --sources or --images", file=sys.stderr)
-        return 2
     device = torch_device(args.device)
     if device is None:
         print("error: --device cuda, but PyTorch sees no CUDA GPU here", file=sys.stderr)
         return 2
+    try:
+        items, loaded = checked_inputs(args, models, device)
+    except (OSError, ValueError, BundleError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if any(not m.is_dir() for m in models):
         print(f"checkpoints run on {device_name(device)}", file=sys.stderr)
-    report = evaluate(models, items, args.out, device=device)
+    report = evaluate(models, items, args.out, device=device, loaded=loaded)
     print(tables(report))
     if args.out:
         print(f"wrote {args.out}/per_image.csv, summary.json, tables.md, crops-<lab>.png")

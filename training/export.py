@@ -1,5 +1,5 @@
 """Export a checkpoint to a model bundle: one ONNX graph per ×2 stage + manifest.json
-(``python export_onnx.py CHECKPOINT -o BUNDLE_DIR`` runs ``main``).
+(``python export_onnx.py CHECKPOINT -o BUNDLE_DIR``, the command, calls ``export``).
 
 Each stage is exported with dynamic batch, height and width, checked against
 PyTorch on random and real inputs (max |ONNX − PyTorch| ≤ 1e-4 on [0, 1]
@@ -9,13 +9,14 @@ and writes no manifest. The server needs only the bundle, not torch.
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import io
 import logging
-import sys
+import os
+import shutil
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -30,6 +31,12 @@ MONUSEG_TILES = 30
 MONUSEG = "MoNuSeg 2018 training set: 30 H&E 1000x1000 40X tiles from TCGA diagnostic slides (Kumar et al., IEEE TMI 2017)"
 INPUT_MPP = 2.0
 TORCH_EXPORTER_LOG = "torch.onnx._internal.exporter._registration"  # says "torchvision is not installed" per op
+# Opsets the export can write and check: 18 is torch.onnx's own (below it the onnx version converter has no
+# adapter for Pad and the graphs silently stay at 18); 26 is the newest ONNX Runtime 1.31 loads (27, 28: refused)
+OPSETS = range(18, 27)
+# 40X px a side of --image: the halo measurement needs, at 5X (1/8), a 32 px margin each side of a 32 px
+# core shifted by up to 3 px (tileserver/inference/halo.py: candidates up to 32, core 32, PHASES 4)
+MIN_IMAGE_SIDE = 8 * (32 + 32 + 32 + 3)
 
 
 def halo_tolerance(k: int, stages: int) -> float:
@@ -38,7 +45,11 @@ def halo_tolerance(k: int, stages: int) -> float:
 
 
 class ExportError(RuntimeError):
-    pass
+    """A check the exported graphs failed (exit 1)."""
+
+
+class InputError(ExportError):
+    """Input the export cannot use: a bad option, image, evaluation or output folder (exit 2)."""
 
 
 def training_data(meta: dict) -> dict:
@@ -93,32 +104,37 @@ def quality_from(evaluation: Path | None, name: str) -> dict | None:
 
     if evaluation is None:
         return None
+    keep = ("labs", "model", "bicubic", "gain", "mean_over_labs", "worst_lab")
     try:
         report = json.loads(Path(evaluation).read_text())
-    except (OSError, ValueError) as e:
-        raise ExportError(f"cannot read the evaluation {evaluation}: {e}") from e
-    mine = {k: v for k, v in report["models"].items() if k == name or k.startswith(f"{name} (")}
-    if len(mine) != 1:
-        raise ExportError(f"{evaluation} holds no single evaluation of {name} (found {sorted(report['models'])})")
-    m = next(iter(mine.values()))
-    keep = ("labs", "model", "bicubic", "gain", "mean_over_labs", "worst_lab")
-    return {"source": Path(evaluation).name, "bands_cycles_per_px": report.get("bands_cycles_per_px"),
-            **{k: m[k] for k in keep}}
+        mine = {k: v for k, v in report["models"].items() if k == name or k.startswith(f"{name} (")}
+        if len(mine) != 1:
+            raise InputError(f"{evaluation} holds no single evaluation of {name} (found {sorted(report['models'])})")
+        m = next(iter(mine.values()))
+        return {"source": Path(evaluation).name, "bands_cycles_per_px": report.get("bands_cycles_per_px"),
+                **{k: m[k] for k in keep}}
+    except OSError as e:
+        raise InputError(f"cannot read the evaluation {evaluation}: {e.strerror or e}") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise InputError(f"{evaluation} is not a summary.json of training/evaluate.py ({type(e).__name__}: "
+                         f"{str(e)[:120]})") from None
 
 
 def real_image(paths: list[Path], val_images: list[str]) -> tuple[np.ndarray, str]:
-    """A real 40X H&E image (uint8 RGB): --image, else a validation image from
-    ../shared/data, else MoNuSeg's TCGA-38-6178 tile out of the tiatoolbox wheel."""
+    """A real 40X H&E image (uint8 RGB): the first --image (each one named must be an image big enough
+    for the checks: never replaced by another), else a validation image from ../shared/data, else
+    MoNuSeg's TCGA-38-6178 tile out of the tiatoolbox wheel."""
     from PIL import Image
 
-    data = ROOT.parent / "shared" / "data"
-    candidates = list(paths) + [p for n in val_images if data.is_dir() for p in sorted(data.rglob(n))[:1]]
-    for p in candidates:
-        if p.is_file():
-            with Image.open(p) as im:
-                return np.asarray(im.convert("RGB")), str(p)
+    from training.evaluate import read_image
+
     if paths:
-        raise ExportError(f"image not found: {paths[0]}")
+        images = [read_image(p, MIN_IMAGE_SIDE, "for the export's halo measurement") for p in paths]
+        return images[0], str(paths[0])
+    data = ROOT.parent / "shared" / "data"
+    for p in [p for n in val_images if data.is_dir() for p in sorted(data.rglob(n))[:1]]:
+        if p.is_file():
+            return read_image(p, MIN_IMAGE_SIDE, "for the export's halo measurement"), str(p)
     from tileserver.ingest.registry_data import MONUSEG_TILE, RegistryDataError, member_bytes
 
     try:  # the same MoNuSeg tile, out of a PyPI wheel, on a machine without ../shared
@@ -221,29 +237,31 @@ def check_stage(k: int, stage, path: Path, real: np.ndarray, rng: np.random.Gene
     return diff, h, {str(a): round(e * 255, 5) for a, e in errs.items()}
 
 
+def graph_opset(path: Path) -> int:
+    """The default-domain opset an ONNX graph really has."""
+    import onnx
+
+    return next(o.version for o in onnx.load(str(path)).opset_import if o.domain in ("", "ai.onnx"))
+
+
 def export_stages(model, img40: np.ndarray, out: Path, opset: int, log) -> list[dict]:
-    """stage{k}.onnx for every stage, each checked; on any failure the written graphs are removed."""
+    """stage{k}.onnx for every stage, each checked (in ``out``, a folder that is thrown away on failure)."""
     from tileserver.files import sha256_file
     from training.data import scale_levels
 
     inputs = scale_levels(img40)  # [5X, 10X, 20X, 40X]: stage k reads level k
     rng = np.random.default_rng(0)
-    written: list[Path] = []
     stages = []
-    try:
-        for k, stage in enumerate(model.stages):
-            path = out / f"stage{k + 1}.onnx"
-            export_stage(stage, path, opset)
-            written.append(path)
-            diff, halo, errors = check_stage(k, stage, path, inputs[k], rng, log, halo_tolerance(k, len(model.stages)))
-            stages.append({"file": path.name, "sha256": sha256_file(path), "scale": 2, "input": f"{5 * 2 ** k}X",
-                           "output": f"{10 * 2 ** k}X", "parity": diff, "halo": halo, "errors": errors})
-            if input_alignment(k, stage) > 1:
-                stages[-1]["input_alignment"] = input_alignment(k, stage)
-    except BaseException:
-        for p in written:
-            p.unlink(missing_ok=True)
-        raise
+    for k, stage in enumerate(model.stages):
+        path = out / f"stage{k + 1}.onnx"
+        export_stage(stage, path, opset)
+        if graph_opset(path) != opset:  # the exporter keeps its own opset when a conversion fails
+            raise ExportError(f"stage {k + 1}: asked for opset {opset}, the graph has {graph_opset(path)}")
+        diff, halo, errors = check_stage(k, stage, path, inputs[k], rng, log, halo_tolerance(k, len(model.stages)))
+        stages.append({"file": path.name, "sha256": sha256_file(path), "scale": 2, "input": f"{5 * 2 ** k}X",
+                       "output": f"{10 * 2 ** k}X", "parity": diff, "halo": halo, "errors": errors})
+        if input_alignment(k, stage) > 1:
+            stages[-1]["input_alignment"] = input_alignment(k, stage)
     return stages
 
 
@@ -307,48 +325,73 @@ def manifest_for(meta: dict, checkpoint: Path, stages: list[dict], img_source: s
     }
 
 
+def check_out(out: Path, force: bool) -> None:
+    """Refuse a bundle folder ``out`` that is a file, that holds something (unless ``force``: then it is
+    replaced whole), or whose parent takes no new folder (made if missing)."""
+    from tileserver.files import folder_problem
+
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out} is a file, not a bundle folder")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise InputError(f"{out} exists and is not empty: give --force to replace it whole, or another -o")
+    problem = folder_problem(out.parent)
+    if problem:
+        raise InputError(f"cannot write the bundle {out}: {out.parent}: {problem}")
+
+
+def staged(out: Path, build: Callable[[Path], dict]) -> dict:
+    """``build(folder)`` on a new folder beside ``out``, then that folder put in ``out``'s place: a missing or
+    empty ``out`` replaced in one rename, an old bundle renamed away, the new one renamed in, the old removed.
+    On any failure (Ctrl-C and SIGTERM included) the new folder goes and ``out`` stays as it was."""
+    import secrets
+
+    tag, out = secrets.token_hex(6), Path(os.path.abspath(out))  # absolute: "-o ." has a name and a parent
+    new, old = (out.parent / f".{out.name}.{tag}.{what}" for what in ("partial", "old"))
+    try:
+        new.mkdir()
+        result = build(new)
+        if out.is_dir() and any(out.iterdir()):
+            os.rename(out, old)
+            try:
+                os.rename(new, out)
+            except BaseException:
+                os.rename(old, out)
+                raise
+        else:
+            os.replace(new, out)  # over an empty folder too
+    except BaseException:
+        shutil.rmtree(new, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    return result
+
+
 def export(checkpoint: Path, out: Path, images: list[Path], opset: int = 18, copy_checkpoint: bool = True,
-           name: str | None = None, version: str | None = None, log=print, evaluation: Path | None = None) -> dict:
-    """Write the bundle for ``checkpoint`` into ``out`` and return its manifest; the manifest is written
-    last (atomically), so a bundle without one is a failed export."""
+           name: str | None = None, version: str | None = None, log=print, evaluation: Path | None = None,
+           force: bool = False) -> dict:
+    """Write the bundle for ``checkpoint`` as ``out`` and return its manifest. Every input is checked first;
+    the bundle is built whole beside ``out`` and moved into place only when complete (``staged``), so an
+    existing bundle is never mixed with or lost to a failed export; a non-empty ``out`` needs ``force``."""
     import json
 
     from tileserver.files import write_bytes_atomically
     from training.checkpoint import load_generator, strip_for_release
 
-    checkpoint = Path(checkpoint)
+    if opset not in OPSETS:
+        raise InputError(f"--opset {opset}: the exporter writes opsets {OPSETS[0]}..{OPSETS[-1]}")
+    checkpoint, out = Path(checkpoint), Path(out)
     model, meta = load_generator(checkpoint)
-    evaluation_tables = quality_from(evaluation, meta.get("name") or checkpoint.stem)  # before any file is written
+    evaluation_tables = quality_from(evaluation, meta.get("name") or checkpoint.stem)
     img40, img_source = real_image(images, meta.get("val_images") or [])
-    out.mkdir(parents=True, exist_ok=True)
-    stages = export_stages(model, img40, out, opset, log)
-    manifest = manifest_for(meta, checkpoint, stages, img_source, opset, copy_checkpoint, name, version,
-                            evaluation_tables)
-    if copy_checkpoint:
-        strip_for_release(checkpoint, out / "checkpoint.pt")
-    write_bytes_atomically(out / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
-    return manifest
+    check_out(out, force)
 
+    def build(folder: Path) -> dict:
+        stages = export_stages(model, img40, folder, opset, log)
+        manifest = manifest_for(meta, checkpoint, stages, img_source, opset, copy_checkpoint, name, version,
+                                evaluation_tables)
+        if copy_checkpoint:
+            strip_for_release(checkpoint, folder / "checkpoint.pt")
+        write_bytes_atomically(folder / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
+        return manifest
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="export_onnx.py", description=__doc__.split("\n")[0])
-    ap.add_argument("checkpoint", type=Path)
-    ap.add_argument("-o", "--out", type=Path, required=True, help="bundle folder (created)")
-    ap.add_argument("--image", type=Path, action="append", default=[], help="real 40X RGB image for the checks (repeatable)")
-    ap.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
-    ap.add_argument("--name", help="model name (default: the checkpoint's)")
-    ap.add_argument("--version", help="model version (default: STEP-SHA8 of the checkpoint)")
-    ap.add_argument("--no-checkpoint", action="store_true", help="do not copy the (stripped) checkpoint into the bundle")
-    ap.add_argument("--evaluation", type=Path, help="summary.json of training/evaluate.py: its per-lab tables go in the manifest")
-    args = ap.parse_args(argv)
-    if not args.checkpoint.is_file():
-        print(f"export_onnx: error: no checkpoint at {args.checkpoint}", file=sys.stderr)
-        return 2
-    try:
-        m = export(args.checkpoint, args.out, args.image, args.opset, not args.no_checkpoint, args.name, args.version,
-                   evaluation=args.evaluation)
-    except (ExportError, ValueError) as e:
-        print(f"export_onnx: FAILED: {e}", file=sys.stderr)
-        return 1
-    print(f"wrote {args.out}/manifest.json: {m['name']}@{m['version']}, halo {m['halo']} px, parity {m['parity']['max_abs_diff']:.3g}")
-    return 0
+    return staged(out, build)

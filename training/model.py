@@ -62,6 +62,8 @@ class GeneratorArgs:
             value = getattr(self, name)
             if (min(value) if isinstance(value, tuple) else value) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if isinstance(self.projection, bool) or not isinstance(self.projection, int) or self.projection < 0:
+            raise ValueError(f"projection (back-projection steps per stage) must be an integer >= 0, not {self.projection!r}")
 
     def for_stage(self, k: int) -> "GeneratorArgs":
         """The arguments of stage ``k`` (0 = 5X→10X) with every per-stage value resolved."""

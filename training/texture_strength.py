@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from training import checkpoint
+from training.average import check_output
 
 
 def scale_texture(model: torch.nn.Module, gain: float) -> None:
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model, meta = checkpoint.load_generator(args.checkpoint)
         scale_texture(model, args.gain)
+        check_output(args.out, [args.checkpoint])
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         print(f"texture_strength: {e}", file=sys.stderr)
         return 2

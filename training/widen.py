@@ -33,6 +33,7 @@ from typing import Hashable
 import torch
 
 from training import checkpoint
+from training.average import check_output
 from training.model import GeneratorArgs, MultiScaleGenerator
 
 # a channel of a stage's feature map: ("trunk", i) or ("growth", layer, i)
@@ -187,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                                        blocks=first.blocks, stages=len(picks),
                                        projection=first.projection if args.projection is None else args.projection)
         model = compose([(states[p], k if j is None else j) for k, p, j in picks], new_args, args.seed)
+        check_output(args.out, states)
     except (OSError, ValueError, KeyError) as e:
         print(f"widen: {e}", file=sys.stderr)
         return 2
