@@ -11,10 +11,8 @@ the checkpoints and steps it was made from.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
-from typing import Iterable
 
 import torch
 
@@ -41,24 +39,6 @@ def average_states(states: list[dict]) -> dict[str, torch.Tensor]:
     return mean
 
 
-def check_output(out: Path, inputs: Iterable[Path]) -> None:
-    """Refuse (``ValueError``, one line naming it) an ``out`` file a tool may not write: a folder, one of the
-    tool's ``inputs`` (never overwritten: resolved paths and same file compared), or in a folder that takes no
-    file (made if missing). Shared by the checkpoint tools (average, texture_strength, widen), before they write."""
-    from tileserver.files import folder_problem
-
-    out = Path(out)
-    if out.is_dir():
-        raise ValueError(f"{out} is a folder: give a file name for the checkpoint")
-    for p in map(Path, inputs):
-        if out.resolve() == p.resolve() or (out.exists() and p.exists() and os.path.samefile(out, p)):
-            same = "" if str(p) == str(out) else f" ({p})"
-            raise ValueError(f"{out} is also an input{same}: write the result to another file")
-    problem = folder_problem(out.parent)
-    if problem:
-        raise ValueError(f"cannot write {out}: {problem}")
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("checkpoints", type=Path, nargs="+", help="checkpoints of one run, or of fine-tunes from one checkpoint")
@@ -68,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         states = [checkpoint.load(p) for p in args.checkpoints]
         model = MultiScaleGenerator(GeneratorArgs(**states[0]["model_args"]))
         model.load_state_dict(average_states(states))
-        check_output(args.out, args.checkpoints)
+        checkpoint.check_output(args.out, args.checkpoints)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         print(f"average: {e}", file=sys.stderr)
         return 2

@@ -6,8 +6,9 @@ config file. Written atomically (temp file + rename).
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 
@@ -76,3 +77,21 @@ def strip_for_release(src: Path, dst: Path) -> None:
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(dst, lambda tmp: torch.save(state, tmp))
+
+
+def check_output(out: Path, inputs: Iterable[Path]) -> None:
+    """Refuse (``ValueError``, one line naming it) an ``out`` file a tool may not write: a folder, one of the
+    tool's ``inputs`` (never overwritten: resolved paths and same file compared), or in a folder that takes no
+    file (made if missing). Shared by the checkpoint tools (average, texture_strength, widen), before they write."""
+    from tileserver.files import folder_problem
+
+    out = Path(out)
+    if out.is_dir():
+        raise ValueError(f"{out} is a folder: give a file name for the checkpoint")
+    for p in map(Path, inputs):
+        if out.resolve() == p.resolve() or (out.exists() and p.exists() and os.path.samefile(out, p)):
+            same = "" if str(p) == str(out) else f" ({p})"
+            raise ValueError(f"{out} is also an input{same}: write the result to another file")
+    problem = folder_problem(out.parent)
+    if problem:
+        raise ValueError(f"cannot write {out}: {problem}")

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from training import checkpoint
-from training.average import check_output
+from training.checkpoint import check_output
 
 
 def scale_texture(model: torch.nn.Module, gain: float) -> None:

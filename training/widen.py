@@ -33,7 +33,7 @@ from typing import Hashable
 import torch
 
 from training import checkpoint
-from training.average import check_output
+from training.checkpoint import check_output
 from training.model import GeneratorArgs, MultiScaleGenerator
 
 # a channel of a stage's feature map: ("trunk", i) or ("growth", layer, i)
