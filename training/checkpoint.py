@@ -12,7 +12,7 @@ from typing import Any, Iterable
 
 import torch
 
-from tileserver.files import write_atomically
+from tileserver.files import folder_problem, write_atomically
 from training.model import GeneratorArgs, MultiScaleGenerator
 
 FORMAT = "msr-checkpoint/1"
@@ -83,8 +83,6 @@ def check_output(out: Path, inputs: Iterable[Path]) -> None:
     """Refuse (``ValueError``, one line naming it) an ``out`` file a tool may not write: a folder, one of the
     tool's ``inputs`` (never overwritten: resolved paths and same file compared), or in a folder that takes no
     file (made if missing). Shared by the checkpoint tools (average, texture_strength, widen), before they write."""
-    from tileserver.files import folder_problem
-
     out = Path(out)
     if out.is_dir():
         raise ValueError(f"{out} is a folder: give a file name for the checkpoint")
