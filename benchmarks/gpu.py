@@ -19,7 +19,6 @@ On a machine without CUDA it says so and measures the CPU.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
@@ -107,23 +106,10 @@ def measure(model, sides: list[int], dev, dtype: str, batch: int, seconds: float
     return out
 
 
-def in_range(cast: type, low: float, high: float):
-    """An argparse type: a finite number in (``low``, ``high``], said in the message when it is not."""
-    def parse(text: str) -> float:
-        try:
-            value = cast(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if not (math.isfinite(value) and low < value <= high):
-            span = f"{low + 1}..{high}" if cast is int else f"above {low:g} and at most {high:g}"
-            raise argparse.ArgumentTypeError(f"must be {span}, not {text}")
-        return value
-
-    return parse
-
-
 def main(argv: list[str] | None = None) -> int:
     import torch
+
+    from tileserver.settings import ranged
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
@@ -131,9 +117,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="bundles (default: the shipped ones; --models alone: none)")
     ap.add_argument("--configs", type=Path, nargs="*", default=[], help="training configs: their networks, random weights")
     ap.add_argument("--train", action="store_true", help="also time one training step of each network")
-    ap.add_argument("--batches", type=in_range(int, 0, 1024), nargs="+", default=[1, 8], help="1..1024 (default 1 8)")
+    ap.add_argument("--batches", type=ranged(int, 1, 1024), nargs="+", default=[1, 8], help="1..1024 (default 1 8)")
     ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
-    ap.add_argument("--seconds", type=in_range(float, 0, 3600), default=2.0, help="per measurement, (0, 3600] (default 2)")
+    ap.add_argument("--seconds", type=ranged(float, 0, 3600, above=True), default=2.0, help="per measurement, (0, 3600] (default 2)")
     a = ap.parse_args(argv)
     from training.config import ConfigError, load as load_config
     from training.upscale import torch_device

@@ -44,7 +44,7 @@ def steps_per_second(trainer, steps: int, prefetch: int) -> float:
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from tileserver.commands.ingest import ranged
+    from tileserver.settings import ranged
     from training.checkpoint import CheckpointError
     from training.config import ConfigError, load
     from training.data import DataError, build_dataset

@@ -8,6 +8,7 @@ is made (``ValueError`` with a one-line reason): each number against its range i
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import re
@@ -46,6 +47,21 @@ def out_of_range(value: float, low: float, high: float = math.inf, *, integer: b
         allowed = f"a finite number {'>' if above else '>='} {_number(low)}" + (
             f" and <= {_number(high)}" if high < math.inf else "")
     return f"must be {allowed}, not {_number(value)}"
+
+
+def ranged(cast: Callable[[str], float], low: float, high: float = math.inf, *,
+           above: bool = False) -> Callable[[str], float]:
+    """An argparse ``type``: ``cast`` the text, then refuse a value outside ``low``..``high`` (over ``low`` with
+    ``above``) with the range, as `tileserver serve` says it."""
+    def parse(text: str) -> float:
+        value = cast(text)
+        wrong = out_of_range(value, low, high, integer=cast is int, above=above)
+        if wrong:
+            raise argparse.ArgumentTypeError(wrong)
+        return value
+
+    parse.__name__ = cast.__name__  # argparse names it in "invalid float value: 'x'"
+    return parse
 
 
 def _number(x: float) -> str:

@@ -8,34 +8,17 @@ before any source is read.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from pathlib import Path
-from typing import Callable
 
 from tileserver.errors import UsageError
 from tileserver.files import folder_problem
 from tileserver.ingest.pipeline import MAX_FACTOR, MAX_TARGET_MPP, MIN_STORED_SIDE, IngestError, IngestOptions, \
     IngestResult, ingest_slide, magnification_label, output_path, target_problem
-from tileserver.settings import out_of_range
+from tileserver.settings import ranged
 
 MAX_WORKERS = 64
-
-
-def ranged(cast: Callable[[str], float], low: float, high: float = math.inf, *,
-           above: bool = False) -> Callable[[str], float]:
-    """An argparse ``type``: ``cast`` the text, then refuse a value outside ``low``..``high`` (over ``low`` with
-    ``above``) with the range, as `tileserver serve` says it."""
-    def parse(text: str) -> float:
-        value = cast(text)
-        wrong = out_of_range(value, low, high, integer=cast is int, above=above)
-        if wrong:
-            raise argparse.ArgumentTypeError(wrong)
-        return value
-
-    parse.__name__ = cast.__name__  # argparse names it in "invalid float value: 'x'"
-    return parse
 
 
 _positive = ranged(float, 0, above=True)
