@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from tileserver.degrade import degrade
 from tileserver.files import folder_problem, write_bytes_atomically
-from training.data import load_rgb, scale_levels
+from training.data import DataError, load_rgb, scale_levels
 from training.metrics import BANDS, SCALE_NAMES, band_power, bicubic_up, direction_bias, image_metrics, psnr
 from training.report import paired_differences, save_crops_png, tables, write_csv
 from training.upscale import Upscaler, device_name, load_upscaler, torch_device
@@ -58,9 +58,8 @@ def read_image(path: Path, min_side: int = MIN_SIDE, purpose: str = "to evaluate
         raise ImageError(f"no image at {path}")
     try:
         img = load_rgb(path)
-    except Exception as e:  # load_rgb's DataError names the file; PIL's many kinds of error do not
-        why = (str(e).splitlines() or [type(e).__name__])[0]
-        raise ImageError(why if str(path) in why else f"{path}: not a readable image ({why[:120]})") from None
+    except DataError as e:  # names the file and why PIL could not read it
+        raise ImageError(str(e)) from None
     if min(img.shape[:2]) < min_side:
         raise ImageError(f"{path} is {img.shape[1]}x{img.shape[0]} px: too small {purpose} "
                          f"(at least {min_side} px a side)")
