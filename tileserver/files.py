@@ -4,9 +4,12 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
 
 
 def sha256_file(path: Path | str) -> str:
@@ -64,3 +67,29 @@ def folder_problem(folder: Path) -> str | None:
     except OSError as e:
         return e.strerror or str(e)
     return None
+
+
+def write_folder_atomically(out: Path, build: Callable[[Path], T]) -> T:
+    """``build(folder)`` on a new hidden folder beside ``out``, then that folder put in ``out``'s place: a
+    missing or empty ``out`` replaced in one rename; otherwise the old folder renamed away, the new one
+    renamed in, the old removed. On any failure (Ctrl-C and SIGTERM included) the new folder goes and
+    ``out`` stays as it was: the folder counterpart of ``write_atomically``."""
+    tag, out = secrets.token_hex(6), Path(os.path.abspath(out))  # absolute: "-o ." has a name and a parent
+    new, old = (out.parent / f".{out.name}.{tag}.{what}" for what in ("partial", "old"))
+    try:
+        new.mkdir()
+        result = build(new)
+        if out.is_dir() and any(out.iterdir()):
+            os.rename(out, old)
+            try:
+                os.rename(new, out)
+            except BaseException:
+                os.rename(old, out)
+                raise
+        else:
+            os.replace(new, out)  # over an empty folder too
+    except BaseException:
+        shutil.rmtree(new, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    return result

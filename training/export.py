@@ -12,11 +12,8 @@ from __future__ import annotations
 import datetime
 import io
 import logging
-import os
-import shutil
 import warnings
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -339,33 +336,6 @@ def check_out(out: Path, force: bool) -> None:
         raise InputError(f"cannot write the bundle {out}: {out.parent}: {problem}")
 
 
-def staged(out: Path, build: Callable[[Path], dict]) -> dict:
-    """``build(folder)`` on a new folder beside ``out``, then that folder put in ``out``'s place: a missing or
-    empty ``out`` replaced in one rename, an old bundle renamed away, the new one renamed in, the old removed.
-    On any failure (Ctrl-C and SIGTERM included) the new folder goes and ``out`` stays as it was."""
-    import secrets
-
-    tag, out = secrets.token_hex(6), Path(os.path.abspath(out))  # absolute: "-o ." has a name and a parent
-    new, old = (out.parent / f".{out.name}.{tag}.{what}" for what in ("partial", "old"))
-    try:
-        new.mkdir()
-        result = build(new)
-        if out.is_dir() and any(out.iterdir()):
-            os.rename(out, old)
-            try:
-                os.rename(new, out)
-            except BaseException:
-                os.rename(old, out)
-                raise
-        else:
-            os.replace(new, out)  # over an empty folder too
-    except BaseException:
-        shutil.rmtree(new, ignore_errors=True)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-    return result
-
-
 def export(checkpoint: Path, out: Path, images: list[Path], opset: int = 18, copy_checkpoint: bool = True,
            name: str | None = None, version: str | None = None, log=print, evaluation: Path | None = None,
            force: bool = False) -> dict:
@@ -374,7 +344,7 @@ def export(checkpoint: Path, out: Path, images: list[Path], opset: int = 18, cop
     existing bundle is never mixed with or lost to a failed export; a non-empty ``out`` needs ``force``."""
     import json
 
-    from tileserver.files import write_bytes_atomically
+    from tileserver.files import write_bytes_atomically, write_folder_atomically
     from training.checkpoint import load_generator, strip_for_release
 
     if opset not in OPSETS:
@@ -394,4 +364,4 @@ def export(checkpoint: Path, out: Path, images: list[Path], opset: int = 18, cop
         write_bytes_atomically(folder / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
         return manifest
 
-    return staged(out, build)
+    return write_folder_atomically(out, build)
