@@ -340,8 +340,9 @@ def export(checkpoint: Path, out: Path, images: list[Path], opset: int = 18, cop
            name: str | None = None, version: str | None = None, log=print, evaluation: Path | None = None,
            force: bool = False) -> dict:
     """Write the bundle for ``checkpoint`` as ``out`` and return its manifest. Every input is checked first;
-    the bundle is built whole beside ``out`` and moved into place only when complete (``write_folder_atomically``), so an
-    existing bundle is never mixed with or lost to a failed export; a non-empty ``out`` needs ``force``."""
+    the bundle is built whole beside ``out`` and moved into place only when complete
+    (``write_folder_atomically``), so an existing bundle is never mixed with or lost to a failed export; a
+    non-empty ``out`` needs ``force``."""
     import json
 
     from tileserver.files import write_bytes_atomically, write_folder_atomically
