@@ -23,15 +23,15 @@ MAX_TILE_SIZE = 2048  # known to serve; 20000 px tiles grow ONNX Runtime past 24
 MAX_THREADS = 256  # ONNX Runtime intra-op threads (100000 balloon the process without it ever listening)
 MAX_HTTP_THREADS = 512  # waitress starts them all at once
 MIB_LIMIT = 2**20  # 1 TiB, in MiB: the most a memory setting may ask for (its bytes must stay an int)
-# the lowest and highest value of each numeric setting; ``ABOVE_LOWEST`` ones must exceed their lowest
-RANGES: dict[str, tuple[float, float]] = {
-    "port": (0, 65535), "cache_mb": (0, MIB_LIMIT), "threads": (0, MAX_THREADS), "http_threads": (2, MAX_HTTP_THREADS),
-    "queue_size": (1, 4096), "drain_timeout": (0, 3600), "assume_mpp": (0, math.inf), "prefetch_blocks": (0, 4096),
-    "prefetch_mb": (0, MIB_LIMIT), "tile_size": (2, MAX_TILE_SIZE), "jpeg_quality": (1, 100),
-    "synthesis_budget": (0, math.inf), "max_area": (1, 2**32), "max_side": (1, 65500), "render_budget": (0, math.inf),
-    "heavy_renders": (1, math.inf), "redis_lock_ttl": (0, 3600),
+# each numeric setting's (lowest, highest, must exceed the lowest), as training/config.py's RANGES
+RANGES: dict[str, tuple[float, float, bool]] = {
+    "port": (0, 65535, False), "cache_mb": (0, MIB_LIMIT, False), "threads": (0, MAX_THREADS, False),
+    "http_threads": (2, MAX_HTTP_THREADS, False), "queue_size": (1, 4096, False), "drain_timeout": (0, 3600, False),
+    "assume_mpp": (0, math.inf, True), "prefetch_blocks": (0, 4096, False), "prefetch_mb": (0, MIB_LIMIT, False),
+    "tile_size": (2, MAX_TILE_SIZE, False), "jpeg_quality": (1, 100, False), "synthesis_budget": (0, math.inf, False),
+    "max_area": (1, 2**32, False), "max_side": (1, 65500, False), "render_budget": (0, math.inf, True),
+    "heavy_renders": (1, math.inf, False), "redis_lock_ttl": (0, 3600, True),
 }
-ABOVE_LOWEST = frozenset({"assume_mpp", "render_budget", "redis_lock_ttl"})
 
 
 def out_of_range(value: float, low: float, high: float = math.inf, *, integer: bool = False,
@@ -159,10 +159,9 @@ class Settings:
     def problem(self) -> str | None:
         """The first value out of range, told in one line, or None."""
         fields = {f.name: f for f in cli_fields()}
-        for name, (low, high) in RANGES.items():
+        for name, (low, high, above) in RANGES.items():
             value, f = getattr(self, name), fields[name]
-            wrong = value is not None and out_of_range(value, low, high, integer=f.metadata["cast"] is int,
-                                                       above=name in ABOVE_LOWEST)
+            wrong = value is not None and out_of_range(value, low, high, integer=f.metadata["cast"] is int, above=above)
             if wrong:
                 return f"{flag_of(f)} {wrong}"
         checks = [
